@@ -1,0 +1,16 @@
+"""keras_ortho: an exact orthogonality regularizer for Keras 3 on TensorFlow.
+
+    L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
+"""
+
+from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
+from keras_ortho.regularizer import OrthoRegularizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OrthoRegularizer",
+    "ortho_gradient",
+    "ortho_penalty",
+    "slice_errors",
+]

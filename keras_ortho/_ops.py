@@ -1,0 +1,193 @@
+"""The orthogonality penalty, its analytic gradient and the per-slice errors.
+
+For a stack of matrices `Phi_i` (see `_slicing` for how a tensor is sliced),
+in columns mode:
+
+    G_i = Phi_i^T Phi_i - I
+    L = factor * sum_i sum_jk |G_i|_jk
+    dL/dPhi_i = 2 * factor * Phi_i @ sign(G_i)
+
+and in rows mode `G_i = Phi_i Phi_i^T - I`, `dL/dPhi_i = 2 factor sign(G_i) Phi_i`.
+`sign(0) = 0`, the subgradient `tf.abs` uses. The gradient reaches TensorFlow
+through `tf.custom_gradient` and reuses the forward pass's `G_i`, so training
+never differentiates through the Gram matrix nor builds it twice.
+
+16-bit floats are reduced in float32; float32 and float64 in their own dtype.
+"""
+
+import tensorflow as tf
+
+from keras_ortho import _validation
+from keras_ortho._slicing import plan_slices
+
+# --- Batched math on a (num_slices, rows, cols) stack ------------------------
+
+
+def gram_residual(phi, mode):
+    """`G_i = Phi_i^T Phi_i - I` ("columns") or `Phi_i Phi_i^T - I` ("rows").
+
+    Args:
+        phi: `(m, rows, cols)` stack of matrices.
+        mode: "columns" or "rows".
+
+    Returns:
+        `(m, k, k)` residuals, `k = cols` or `rows`.
+    """
+    if mode == "columns":
+        gram = tf.linalg.matmul(phi, phi, adjoint_a=True)
+    else:
+        gram = tf.linalg.matmul(phi, phi, adjoint_b=True)
+    return tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) - 1)
+
+
+def slice_sums(residual):
+    """`sum_jk |G_i|_jk` for each slice: `(m, k, k) -> (m,)`."""
+    return tf.reduce_sum(tf.abs(residual), axis=[1, 2])
+
+
+def residual_gradient(phi, residual, mode, scale):
+    """`2 scale Phi_i sign(G_i)` ("columns") or `2 scale sign(G_i) Phi_i` ("rows").
+
+    Args:
+        phi: `(m, rows, cols)` stack the residual was computed from.
+        residual: its `(m, k, k)` residual from `gram_residual`.
+        mode: "columns" or "rows".
+        scale: a Python float or a scalar tensor of the residual's dtype;
+            `factor` times the upstream gradient.
+
+    Returns:
+        The gradient of `scale * sum |G|` with respect to `phi`, shaped like it.
+    """
+    # The sign matrix is never larger than phi in auto mode, so it takes the scale.
+    signs = tf.sign(residual) * (2 * scale)
+    if mode == "columns":
+        return tf.linalg.matmul(phi, signs)
+    return tf.linalg.matmul(signs, phi)
+
+
+def _make_stack_penalty(mode):
+    @tf.custom_gradient
+    def stack_penalty(phi):
+        """`sum_i sum_jk |G_i|_jk` with its analytic gradient."""
+        residual = gram_residual(phi, mode)
+        value = tf.reduce_sum(slice_sums(residual))
+
+        def grad(upstream):
+            return residual_gradient(phi, residual, mode, upstream)
+
+        return value, grad
+
+    return stack_penalty
+
+
+_STACK_PENALTY = {mode: _make_stack_penalty(mode) for mode in ("columns", "rows")}
+
+
+# --- From a user's tensor to the stack and back ------------------------------
+
+
+def _prepare(w, slice_axis, mode):
+    """Checks `w` and the options; returns `(tensor, plan, compute_dtype)`."""
+    slice_axis = _validation.check_slice_axis(slice_axis)
+    mode = _validation.check_mode(mode)
+    path = getattr(w, "path", None)  # set on Keras variables
+    # tf.convert_to_tensor also turns a trainable Keras or tf variable into a
+    # read of its value, which tf.custom_gradient accepts in eager mode.
+    tensor = tf.convert_to_tensor(w)
+    if not tensor.dtype.is_floating:
+        raise TypeError(
+            "keras_ortho needs a floating-point weight. "
+            f"Received: w.dtype={tensor.dtype.name}"
+        )
+    if tensor.shape.rank is None or not tensor.shape.is_fully_defined():
+        raise ValueError(
+            "keras_ortho needs a weight with a static shape. "
+            f"Received: w.shape={tensor.shape}"
+        )
+    plan = plan_slices(tensor.shape.as_list(), slice_axis, mode, path=path)
+    compute_dtype = tf.float32 if tensor.dtype.size < 4 else tensor.dtype
+    return tensor, plan, compute_dtype
+
+
+def _to_stack(tensor, plan, compute_dtype):
+    """`w` -> `(num_slices, rows, cols)` in the compute dtype."""
+    tensor = tf.cast(tensor, compute_dtype)
+    if plan.perm is not None:
+        tensor = tf.transpose(tensor, plan.perm)
+    return tf.reshape(tensor, (plan.num_slices, plan.rows, plan.cols))
+
+
+def _from_stack(stack, plan, dtype):
+    """Inverse of `_to_stack`: `(num_slices, rows, cols)` -> `w`'s shape and dtype."""
+    if plan.perm is None:
+        out = tf.reshape(stack, plan.shape)
+    else:
+        moved = tf.reshape(stack, [plan.shape[i] for i in plan.perm])
+        inverse = sorted(range(len(plan.perm)), key=plan.perm.__getitem__)
+        out = tf.transpose(moved, inverse)
+    return tf.cast(out, dtype)
+
+
+# --- Public functions ---------------------------------------------------------
+
+
+def slice_errors(w, slice_axis=None, mode="auto"):
+    """Distance from orthonormal of each slice: `sum_jk |G_i|_jk`, unscaled.
+
+    `factor * sum(slice_errors(w))` equals `ortho_penalty(w, factor)`.
+
+    Args:
+        w: a float tensor, variable or array of rank >= 2.
+        slice_axis: None for the default slicing, or the axis to slice along.
+        mode: "auto", "columns" or "rows".
+
+    Returns:
+        A 1-D tensor of length `num_slices`, in float32 for 16-bit weights and
+        in `w`'s dtype otherwise.
+
+    Example:
+
+    >>> keras_ortho.slice_errors(np.eye(3)[:, :2])
+    <tf.Tensor: shape=(1,), dtype=float64, numpy=array([0.])>
+    """
+    tensor, plan, compute_dtype = _prepare(w, slice_axis, mode)
+    stack = _to_stack(tensor, plan, compute_dtype)
+    return slice_sums(gram_residual(stack, plan.mode))
+
+
+def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto"):
+    """`factor * sum_i sum_jk |G_i|_jk`, differentiable with the analytic gradient.
+
+    Same value and gradient as `OrthoRegularizer(factor, slice_axis, mode)(w)`.
+
+    Args:
+        w: a float tensor, variable or array of rank >= 2.
+        factor: real number >= 0.
+        slice_axis: None for the default slicing, or the axis to slice along.
+        mode: "auto", "columns" or "rows".
+
+    Returns:
+        A scalar tensor in `w`'s dtype (reduced in float32 for 16-bit weights).
+    """
+    factor = _validation.check_factor(factor)
+    tensor, plan, compute_dtype = _prepare(w, slice_axis, mode)
+    stack = _to_stack(tensor, plan, compute_dtype)
+    value = _STACK_PENALTY[plan.mode](stack)
+    return tf.cast(factor * value, tensor.dtype)
+
+
+def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto"):
+    """The closed-form gradient of `ortho_penalty`, without a tape.
+
+    Columns mode: `2 factor Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
+    `2 factor sign(Phi_i Phi_i^T - I) Phi_i`, laid back into `w`'s layout.
+
+    Returns:
+        A tensor of `w`'s shape and dtype.
+    """
+    factor = _validation.check_factor(factor)
+    tensor, plan, compute_dtype = _prepare(w, slice_axis, mode)
+    stack = _to_stack(tensor, plan, compute_dtype)
+    residual = gram_residual(stack, plan.mode)
+    grad = residual_gradient(stack, residual, plan.mode, factor)
+    return _from_stack(grad, plan, tensor.dtype)

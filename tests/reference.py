@@ -1,0 +1,68 @@
+"""An independent numpy reference for the penalty, written from the spec.
+
+Each slice is taken with `np.moveaxis` and the Gram residual and gradient are
+explicit einsums of the index formulas, in float64:
+
+    columns: G[j, b] = sum_k P[k, j] P[k, b] - delta_jb,
+             dL/dP[a, b] = 2 factor sum_j P[a, j] sign(G[j, b])
+    rows:    G[j, b] = sum_k P[j, k] P[b, k] - delta_jb,
+             dL/dP[a, b] = 2 factor sum_j sign(G[a, j]) P[j, b]
+"""
+
+import numpy as np
+
+
+def slices(w, slice_axis=None, attention_output=False):
+    """The list of 2-D matrices the README's slicing rules give for `w`."""
+    w = np.asarray(w, dtype=np.float64)
+    if slice_axis is None:
+        if w.ndim >= 3 and attention_output:
+            slice_axis = 0
+        elif w.ndim == 3:
+            slice_axis = 1
+        else:
+            return [w.reshape(-1, w.shape[-1])]
+    return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, slice_axis, 0)]
+
+
+def resolve_mode(matrix, mode):
+    if mode == "auto":
+        rows, cols = matrix.shape
+        return "columns" if rows >= cols else "rows"
+    return mode
+
+
+def residual(matrix, mode):
+    mode = resolve_mode(matrix, mode)
+    if mode == "columns":
+        gram = np.einsum("kj,kb->jb", matrix, matrix)
+    else:
+        gram = np.einsum("jk,bk->jb", matrix, matrix)
+    return gram - np.eye(gram.shape[0])
+
+
+def slice_errors(w, slice_axis=None, mode="auto", attention_output=False):
+    return np.array(
+        [np.abs(residual(p, mode)).sum() for p in slices(w, slice_axis, attention_output)]
+    )
+
+
+def penalty(w, factor=1.0, slice_axis=None, mode="auto", attention_output=False):
+    return factor * slice_errors(w, slice_axis, mode, attention_output).sum()
+
+
+def gradient(w, factor=1.0, slice_axis=None, mode="auto"):
+    """dL/dw, laid out like `w`."""
+    w = np.asarray(w, dtype=np.float64)
+    grads = []
+    for p in slices(w, slice_axis):
+        signs = np.sign(residual(p, mode))
+        if resolve_mode(p, mode) == "columns":
+            grads.append(2 * factor * np.einsum("aj,jb->ab", p, signs))
+        else:
+            grads.append(2 * factor * np.einsum("aj,jb->ab", signs, p))
+    if slice_axis is None and w.ndim != 3:
+        return grads[0].reshape(w.shape)
+    axis = 1 if slice_axis is None else slice_axis
+    moved_shape = np.moveaxis(w, axis, 0).shape
+    return np.moveaxis(np.stack(grads).reshape(moved_shape), 0, axis)
