@@ -1,8 +1,9 @@
 """Train a small classifier with OrthoRegularizer on scikit-learn's bundled digits.
 
 Prints how far each regularized kernel is from orthonormal before and after
-training, saves the model to a `.keras` archive, reloads it and checks that the
-reloaded model predicts the same.
+training, records every slice during training with OrthoLogger and draws it
+(`quickstart_errors.png`), saves the model to a `.keras` archive, reloads it
+and checks that the reloaded model predicts the same.
 
     python examples/quickstart.py [--quick] [--out quickstart_out]
 """
@@ -67,6 +68,7 @@ def main(argv=None):
     )
 
     before = orthogonality_report(model)
+    logger = keras_ortho.OrthoLogger()
     history = model.fit(
         x_train,
         y_train,
@@ -74,6 +76,7 @@ def main(argv=None):
         epochs=2 if args.quick else 30,
         batch_size=64,
         verbose=2,
+        callbacks=[logger],
     )
     after = orthogonality_report(model)
 
@@ -81,6 +84,10 @@ def main(argv=None):
     for path in before:
         print(f"{path:<28} {before[path]:>14.3f} {after[path]:>14.3f}")
     print(f"test accuracy: {history.history['val_accuracy'][-1]:.3f}")
+
+    plot_path = args.out / "quickstart_errors.png"
+    keras_ortho.plot_errors(logger, plot_path, title="quickstart: per-slice error by epoch")
+    print(f"per-slice errors by epoch drawn to {plot_path}")
 
     path = args.out / "quickstart.keras"
     model.save(path)

@@ -4,13 +4,17 @@
 """
 
 from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
+from keras_ortho.logger import OrthoLogger
+from keras_ortho.plotting import plot_errors
 from keras_ortho.regularizer import OrthoRegularizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OrthoLogger",
     "OrthoRegularizer",
     "ortho_gradient",
     "ortho_penalty",
+    "plot_errors",
     "slice_errors",
 ]

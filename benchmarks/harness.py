@@ -1,0 +1,89 @@
+"""Timing and reporting shared by the benchmark sections.
+
+Every section times its variants *interleaved* in one process: each round runs
+every variant once (in a rotating order), so drifts of the machine (turbo,
+other load) hit all variants alike; the figure quoted is the median over rounds.
+"""
+
+import datetime
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def median_times(variants, rounds, calls=1, warmup=2):
+    """Median seconds per call of each variant, timed interleaved.
+
+    Args:
+        variants: `{name: zero-argument callable}`; each call must finish its
+            work before returning (TensorFlow on CPU does; `sync` helps on GPU).
+        rounds: how many times each variant is timed.
+        calls: calls per timing, averaged.
+        warmup: untimed calls per variant first (tracing, compilation).
+
+    Returns:
+        `{name: {"median_s": float, "iqr_s": float, "rounds": int}}`.
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    names = list(variants)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = variants[name]
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls)
+    return {
+        name: {
+            "median_s": float(np.median(s)),
+            "iqr_s": float(np.subtract(*np.percentile(s, [75, 25]))),
+            "rounds": rounds,
+        }
+        for name, s in samples.items()
+    }
+
+
+def machine_stamp():
+    """What the figures were measured on."""
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def markdown_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,103 @@
+"""Which weights of a model to watch, and one compiled function that measures them.
+
+Shared by `OrthoLogger` and the `report` command.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ortho import _ops
+from keras_ortho._slicing import plan_slices
+from keras_ortho.regularizer import OrthoRegularizer
+
+
+class Watched(NamedTuple):
+    """A weight and how it is sliced."""
+
+    variable: object
+    path: str
+    slice_axis: Optional[int]
+    mode: str
+    num_slices: int
+
+
+def weight_path(variable):
+    """The Keras path of a variable (`layer/.../name`), or its TF name."""
+    path = getattr(variable, "path", None)
+    return path if path is not None else variable.name.split(":")[0]
+
+
+def watch(variable, slice_axis=None, mode="auto"):
+    """Checks that `variable` holds matrices and plans its slices.
+
+    Raises:
+        ValueError: naming the weight, when it is of rank < 2 or not floating.
+    """
+    path = weight_path(variable)
+    dtype = tf.as_dtype(variable.dtype)
+    if len(variable.shape) < 2 or not dtype.is_floating:
+        raise ValueError(
+            f"Cannot watch weight '{path}': keras_ortho needs a floating-point weight of "
+            f"rank >= 2. Received: shape={tuple(variable.shape)}, dtype={dtype.name}"
+        )
+    try:
+        plan = plan_slices(variable.shape, slice_axis, mode, path=path)
+    except ValueError as error:
+        raise ValueError(f"Cannot watch weight '{path}': {error}") from error
+    return Watched(variable, path, slice_axis, mode, plan.num_slices)
+
+
+def regularized_weights(model):
+    """Every trainable weight of `model`, at any depth, regularized by OrthoRegularizer.
+
+    Each is watched with its regularizer's `slice_axis` and `mode`.
+    """
+    return [
+        watch(v, v.regularizer.slice_axis, v.regularizer.mode)
+        for v in model.trainable_weights
+        if isinstance(getattr(v, "regularizer", None), OrthoRegularizer)
+    ]
+
+
+def matrix_weights(model):
+    """Every weight of `model` of rank >= 2 and floating dtype, default slicing."""
+    return [
+        watch(v)
+        for v in model.weights
+        if len(v.shape) >= 2 and tf.as_dtype(v.dtype).is_floating
+    ]
+
+
+class ErrorProbe:
+    """Evaluates `slice_errors` of all watched weights in one compiled function.
+
+    The function runs where the weights live and returns a single float64
+    vector, so each measurement costs one small transfer to the host.
+    """
+
+    def __init__(self, watched, extra=None):
+        """`extra`: optional zero-argument callable of a scalar, prepended to the vector."""
+        self.watched = list(watched)
+        self._sizes = [w.num_slices for w in self.watched]
+        self._extra = extra
+        self._function = tf.function(self._measure)
+
+    def _measure(self):
+        parts = [
+            tf.cast(_ops.slice_errors(w.variable, w.slice_axis, w.mode), tf.float64)
+            for w in self.watched
+        ]
+        if self._extra is not None:
+            parts.insert(0, tf.reshape(tf.cast(self._extra(), tf.float64), [1]))
+        return tf.concat(parts, axis=0)
+
+    def __call__(self):
+        """Returns `(extra, {path: per-slice errors})`; extra is None without one."""
+        vector = self._function().numpy()
+        extra = None
+        if self._extra is not None:
+            extra, vector = vector[0], vector[1:]
+        chunks = np.split(vector, np.cumsum(self._sizes)[:-1]) if self.watched else []
+        return extra, {w.path: chunk for w, chunk in zip(self.watched, chunks)}
