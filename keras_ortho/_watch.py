@@ -9,18 +9,22 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ortho import _ops
-from keras_ortho._slicing import plan_slices
+from keras_ortho._slicing import SlicePlan, plan_slices
 from keras_ortho.regularizer import OrthoRegularizer
 
 
 class Watched(NamedTuple):
-    """A weight and how it is sliced."""
+    """A weight, the slicing options asked for, and the resulting plan."""
 
     variable: object
     path: str
     slice_axis: Optional[int]
     mode: str
-    num_slices: int
+    plan: SlicePlan
+
+    @property
+    def num_slices(self):
+        return self.plan.num_slices
 
 
 def weight_path(variable):
@@ -46,28 +50,30 @@ def watch(variable, slice_axis=None, mode="auto"):
         plan = plan_slices(variable.shape, slice_axis, mode, path=path)
     except ValueError as error:
         raise ValueError(f"Cannot watch weight '{path}': {error}") from error
-    return Watched(variable, path, slice_axis, mode, plan.num_slices)
+    return Watched(variable, path, slice_axis, mode, plan)
 
 
-def regularized_weights(model):
-    """Every trainable weight of `model`, at any depth, regularized by OrthoRegularizer.
+def _ortho_regularizer(variable):
+    regularizer = getattr(variable, "regularizer", None)
+    return regularizer if isinstance(regularizer, OrthoRegularizer) else None
 
-    Each is watched with its regularizer's `slice_axis` and `mode`.
+
+def regularized_weights(model, include_all=False):
+    """The weights of `model` to measure, at any depth, in model order.
+
+    Every trainable weight regularized by an `OrthoRegularizer`, sliced as its
+    regularizer slices it; with `include_all`, also every other floating weight
+    of rank >= 2, with the default slicing.
     """
-    return [
-        watch(v, v.regularizer.slice_axis, v.regularizer.mode)
-        for v in model.trainable_weights
-        if isinstance(getattr(v, "regularizer", None), OrthoRegularizer)
-    ]
-
-
-def matrix_weights(model):
-    """Every weight of `model` of rank >= 2 and floating dtype, default slicing."""
-    return [
-        watch(v)
-        for v in model.weights
-        if len(v.shape) >= 2 and tf.as_dtype(v.dtype).is_floating
-    ]
+    trainable = {id(v) for v in model.trainable_weights}
+    watched = []
+    for v in model.weights:
+        regularizer = _ortho_regularizer(v)
+        if regularizer is not None and id(v) in trainable:
+            watched.append(watch(v, regularizer.slice_axis, regularizer.mode))
+        elif include_all and len(v.shape) >= 2 and tf.as_dtype(v.dtype).is_floating:
+            watched.append(watch(v))
+    return watched
 
 
 class ErrorProbe:

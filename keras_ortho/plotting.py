@@ -19,7 +19,7 @@ def _import_matplotlib():
 
 def _ticks(count, labels=None, most=8):
     """At most `most` integer tick positions over `count` cells, with their labels."""
-    positions = np.unique(np.linspace(0, count - 1, min(count, most)).astype(int))
+    positions = np.arange(0, count, max(1, math.ceil(count / most)))
     labels = range(count) if labels is None else labels
     return positions, [str(labels[p]) for p in positions]
 

@@ -1,0 +1,161 @@
+"""`keras-ortho report MODEL`: the orthogonality of a saved model's kernels.
+
+    python -m keras_ortho report model.keras [--all] [--json] [--plot errors.png]
+
+Loads a `.keras` or legacy `.h5` model and prints, for every kernel regularized
+by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too, with
+the default slicing), its path, shape, number of slices and the per-slice
+errors `sum_jk |G_i|_jk`: min, median, max and the worst slices.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from keras_ortho import _watch
+
+PROG = "keras-ortho"
+
+
+class ReportError(Exception):
+    """A failure to report on, in one line, without a traceback."""
+
+
+def load_model(path):
+    """Loads a `.keras` or `.h5` model for inspection (not compiled)."""
+    import keras
+
+    if not os.path.exists(path):
+        raise ReportError(f"no such file: {path}")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ReportError(f"cannot read {path}: not a readable file")
+    if not path.endswith((".keras", ".h5", ".hdf5")):
+        raise ReportError(f"cannot load {path}: expected a .keras or .h5 model file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for bad files; report any in one line
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ReportError(f"cannot load model from {path}: {type(error).__name__}: {first_line}")
+
+
+def measure(model, include_all=False, worst=3):
+    """One entry per measured kernel: shape, slicing and per-slice error statistics."""
+    watched = _watch.regularized_weights(model, include_all=include_all)
+    if not watched:
+        return []
+    _, errors = _watch.ErrorProbe(watched)()
+    entries = []
+    for w in watched:
+        values = errors[w.path]
+        order = np.argsort(-np.nan_to_num(values, nan=np.inf), kind="stable")[:worst]
+        regularizer = _watch._ortho_regularizer(w.variable)
+        entries.append(
+            {
+                "path": w.path,
+                "shape": list(w.plan.shape),
+                "slices": w.num_slices,
+                "slice_shape": [w.plan.rows, w.plan.cols],
+                "gram": w.plan.mode,
+                "regularized": regularizer is not None,
+                "factor": None if regularizer is None else regularizer.factor,
+                "min": float(np.min(values)),
+                "median": float(np.median(values)),
+                "max": float(np.max(values)),
+                "total": float(np.sum(values)),
+                "worst": [[int(i), float(values[i])] for i in order],
+                "errors": [float(v) for v in values],
+            }
+        )
+    return entries
+
+
+def format_table(model_path, entries):
+    """A plain-text table, one row per kernel."""
+    if not entries:
+        return (
+            f"{model_path}: no kernel is regularized by OrthoRegularizer "
+            "(use --all to measure every kernel)\n"
+        )
+    headers = ["kernel", "shape", "slices", "Gram", "min", "median", "max", "worst slices"]
+    rows = [
+        [
+            e["path"] + ("" if e["regularized"] else " (not regularized)"),
+            "x".join(map(str, e["shape"])),
+            str(e["slices"]),
+            e["gram"],
+            f"{e['min']:.4g}",
+            f"{e['median']:.4g}",
+            f"{e['max']:.4g}",
+            ", ".join(f"#{i}: {v:.4g}" for i, v in e["worst"]),
+        ]
+        for e in entries
+    ]
+    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [headers, ["-" * w for w in widths]] + rows]
+    return (
+        f"{model_path}: {len(entries)} kernel(s); error of a slice = sum_jk |G_i|_jk\n"
+        + "\n".join(lines) + "\n"
+    )
+
+
+def run_report(args, out=None):
+    out = out or sys.stdout
+    if args.plot is not None and os.path.exists(args.plot) and not args.overwrite:
+        raise ReportError(f"{args.plot} exists; pass --overwrite to replace it")
+    if args.plot is not None:
+        from keras_ortho.plotting import _import_matplotlib
+
+        try:
+            _import_matplotlib()
+        except ImportError as error:
+            raise ReportError(str(error))
+    model = load_model(args.model)
+    entries = measure(model, include_all=args.all, worst=args.worst)
+    if args.json:
+        json.dump({"model": args.model, "kernels": entries}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_table(args.model, entries))
+    if args.plot is not None:
+        if not entries:
+            raise ReportError("nothing to plot: no kernel measured")
+        from keras_ortho.plotting import plot_errors
+
+        plot_errors(
+            {e["path"]: np.array([e["errors"]]) for e in entries},
+            path=args.plot,
+            epochs=["saved"],
+            title=os.path.basename(args.model),
+        )
+        if not args.json:
+            out.write(f"plot written to {args.plot}\n")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="keras_ortho command line tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser(
+        "report", help="orthogonality of a saved model's kernels", description=__doc__.split("\n\n")[2]
+    )
+    report.add_argument("model", help="a .keras or .h5 model file")
+    report.add_argument("--all", action="store_true", help="every kernel of rank >= 2, not only regularized ones")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--plot", metavar="FILE.png", help="also draw the per-slice errors")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    report.add_argument("--worst", type=int, default=3, metavar="K", help="worst slices to list (default 3)")
+    return parser
+
+
+def main(argv=None):
+    """Console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        run_report(args)
+    except ReportError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    return 0

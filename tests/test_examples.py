@@ -1,0 +1,58 @@
+"""Every example runs to the end in its quick mode and writes what it promises."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name, out):
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart(tmp_path):
+    out = run_example("quickstart.py", tmp_path)
+    assert "reloaded model predicts the same: True" in out
+    for kernel in ("conv2d/kernel", "dense/kernel", "dense_1/kernel"):
+        assert kernel in out
+    assert zipfile.is_zipfile(tmp_path / "quickstart.keras")
+    assert is_png(tmp_path / "quickstart_errors.png")
+
+
+def test_transformer(tmp_path):
+    out = run_example("transformer.py", tmp_path)
+    assert "reloaded model predicts the same: True" in out
+    assert "block0_attention/attention_output/kernel" in out
+    assert is_png(tmp_path / "transformer_errors.png")
+    assert os.listdir(tmp_path / "logs" / "ortho")  # the logger's TensorBoard run
+    assert os.listdir(tmp_path / "logs" / "train")  # the TensorBoard callback's
+
+
+def test_cnn_comparison(tmp_path):
+    out = run_example("cnn_comparison.py", tmp_path)
+    rows = {" ".join(line.split()[:-2]): line.split()[-2:] for line in out.splitlines()}
+    for label in ("test accuracy", "error cnn/conv1/kernel", "error cnn/conv2/kernel"):
+        plain, ortho = map(float, rows[label])  # one figure per variant, side by side
+    assert is_png(tmp_path / "cnn_errors.png")
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "transformer.py", "cnn_comparison.py"])
+def test_examples_document_how_to_run_them(name):
+    with open(os.path.join(EXAMPLES, name)) as f:
+        assert f"python examples/{name}" in f.read()
