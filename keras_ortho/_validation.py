@@ -10,6 +10,19 @@ import numbers
 from keras_ortho._slicing import MODES
 
 
+def check_keras_backend(what):
+    """keras_ortho runs on TensorFlow: any other Keras backend would train without it."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs Keras's TensorFlow backend (KERAS_BACKEND=tensorflow); this "
+            f"process runs Keras on backend={backend!r}, where its penalty would not "
+            "reach the gradients."
+        )
+
+
 def check_factor(factor):
     """`factor` must be a real, finite number >= 0 (bool is refused)."""
     if isinstance(factor, bool) or not isinstance(factor, numbers.Real):

@@ -1,6 +1,7 @@
 """`OrthoLogger`: per-slice orthogonality of watched weights during `fit`."""
 
 import importlib.util
+import json
 import os
 import warnings
 
@@ -41,7 +42,8 @@ class OrthoLogger(keras.callbacks.Callback):
             `batch_errors` (and TensorBoard). None (default): epochs only.
         log_dir: if given, TensorBoard summaries go to `log_dir/ortho`, a run of
             its own beside the TensorBoard callback's `train`/`validation`:
-            per-slice and total scalars, and one histogram per weight.
+            per-slice and total scalars, and one histogram per weight. In a
+            multi-worker cluster only the chief writes them.
         per_slice_logs: also write `logs["ortho/<path>/slice_<i>"]` per slice.
 
     Attributes:
@@ -137,13 +139,14 @@ class OrthoLogger(keras.callbacks.Callback):
     # --- Callback hooks -------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        _validation.check_keras_backend(type(self).__name__)
         watched = self._resolve(self.model)
         if [w.path for w in watched] != self.watched_paths:
             self._epoch_records, self._batch_records = [], []
         self._watched = watched
         self._probe = _watch.ErrorProbe(watched, extra=self._iterations)
         self._batches_seen = 0
-        if self.log_dir is not None:
+        if self.log_dir is not None and _is_chief():
             self._writer = _open_writer(self.log_dir)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -271,6 +274,24 @@ def _keep_before(records, key):
     """Drops records at or after `key`: a resumed or repeated run overwrites them."""
     while records and records[-1][0] >= key:
         records.pop()
+
+
+def _is_chief():
+    """False on the non-chief workers of a multi-worker cluster (per TF_CONFIG).
+
+    Every worker holds the same weights and the same records; only the chief
+    writes TensorBoard files, so that workers never write into one directory.
+    """
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except ValueError:
+        return True
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
 def _open_writer(log_dir):

@@ -36,6 +36,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self.mode = _validation.check_mode(mode)
 
     def __call__(self, x):
+        _validation.check_keras_backend(type(self).__name__)
         return _ops.ortho_penalty(x, self.factor, self.slice_axis, self.mode)
 
     def get_config(self):

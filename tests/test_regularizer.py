@@ -250,25 +250,6 @@ def test_training_on_the_penalty_alone_drives_it_near_zero():
     assert end.sum() < 0.01 * start, (start, end)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_policies_train(policy):
-    keras.config.set_dtype_policy(policy)
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((12,))
-    dense = keras.layers.Dense(6, kernel_regularizer=regularized(0.1))
-    outputs = keras.layers.Dense(1, dtype="float32")(dense(inputs))
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer="adam", loss="mse")
-    x = np.random.default_rng(0).normal(size=(64, 12)).astype("float32")
-    history = model.fit(x, x[:, :1], epochs=3, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    kernel = dense.kernel.numpy()
-    assert kernel.dtype == np.float32 and np.all(np.isfinite(kernel))
-    np.testing.assert_allclose(
-        float(dense.losses[0]), reference.penalty(kernel, 0.1), rtol=1e-5
-    )
-
-
 def test_float64_models_train():
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
