@@ -83,27 +83,25 @@ class ErrorProbe:
     vector, so each measurement costs one small transfer to the host.
     """
 
-    def __init__(self, watched, extra=None):
-        """`extra`: optional zero-argument callable of a scalar, prepended to the vector."""
+    def __init__(self, watched):
         self.watched = list(watched)
         self._sizes = [w.num_slices for w in self.watched]
-        self._extra = extra
         self._function = tf.function(self._measure)
 
-    def _measure(self):
-        parts = [
+    def _measure(self, extra):
+        parts = [tf.reshape(tf.cast(extra, tf.float64), [1])]
+        parts += [
             tf.cast(_ops.slice_errors(w.variable, w.slice_axis, w.mode), tf.float64)
             for w in self.watched
         ]
-        if self._extra is not None:
-            parts.insert(0, tf.reshape(tf.cast(self._extra(), tf.float64), [1]))
         return tf.concat(parts, axis=0)
 
-    def __call__(self):
-        """Returns `(extra, {path: per-slice errors})`; extra is None without one."""
-        vector = self._function().numpy()
-        extra = None
-        if self._extra is not None:
-            extra, vector = vector[0], vector[1:]
-        chunks = np.split(vector, np.cumsum(self._sizes)[:-1]) if self.watched else []
-        return extra, {w.path: chunk for w, chunk in zip(self.watched, chunks)}
+    def __call__(self, extra=0):
+        """Returns `(extra, {path: per-slice errors})`.
+
+        `extra` is a scalar (a variable, say) read in the same call, so that
+        what it says and the errors come back in one transfer.
+        """
+        vector = self._function(extra).numpy()
+        chunks = np.split(vector[1:], np.cumsum(self._sizes)[:-1]) if self.watched else []
+        return vector[0], {w.path: chunk for w, chunk in zip(self.watched, chunks)}

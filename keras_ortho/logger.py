@@ -141,10 +141,15 @@ class OrthoLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         _validation.check_keras_backend(type(self).__name__)
         watched = self._resolve(self.model)
-        if [w.path for w in watched] != self.watched_paths:
+        same_weights = len(watched) == len(self._watched) and all(
+            new.variable is old.variable and new.plan == old.plan
+            for new, old in zip(watched, self._watched)
+        )
+        if not same_weights:
+            # Another model or other weights: start a new record and a new probe.
             self._epoch_records, self._batch_records = [], []
-        self._watched = watched
-        self._probe = _watch.ErrorProbe(watched, extra=self._iterations)
+            self._watched = watched
+            self._probe = _watch.ErrorProbe(watched)
         self._batches_seen = 0
         if self.log_dir is not None and _is_chief():
             self._writer = _open_writer(self.log_dir)
@@ -185,10 +190,9 @@ class OrthoLogger(keras.callbacks.Callback):
     # --- Helpers ----------------------------------------------------------------------
 
     def _iterations(self):
+        """The optimizer's iteration counter, or -1 for a model without one."""
         optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return tf.constant(-1, tf.int64)
-        return optimizer.iterations
+        return -1 if optimizer is None else optimizer.iterations
 
     def _resolve(self, model):
         if self._requested is None:
@@ -213,7 +217,7 @@ class OrthoLogger(keras.callbacks.Callback):
         return watched
 
     def _measure(self):
-        step, errors = self._probe()
+        step, errors = self._probe(self._iterations())
         for path, values in errors.items():
             if not np.all(np.isfinite(values)):
                 values[~np.isfinite(values)] = np.nan

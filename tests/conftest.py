@@ -22,6 +22,16 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    Two strategy instances in one process reuse collective instance keys and
+    abort each other's all-reduces, so the tests share this one.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _restore_keras_globals():
     """Tests that change the dtype policy or floatx leave them as they were."""

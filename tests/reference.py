@@ -35,9 +35,9 @@ def resolve_mode(matrix, mode):
 def residual(matrix, mode):
     mode = resolve_mode(matrix, mode)
     if mode == "columns":
-        gram = np.einsum("kj,kb->jb", matrix, matrix)
+        gram = np.einsum("kj,kb->jb", matrix, matrix, optimize=True)
     else:
-        gram = np.einsum("jk,bk->jb", matrix, matrix)
+        gram = np.einsum("jk,bk->jb", matrix, matrix, optimize=True)
     return gram - np.eye(gram.shape[0])
 
 
@@ -58,9 +58,9 @@ def gradient(w, factor=1.0, slice_axis=None, mode="auto"):
     for p in slices(w, slice_axis):
         signs = np.sign(residual(p, mode))
         if resolve_mode(p, mode) == "columns":
-            grads.append(2 * factor * np.einsum("aj,jb->ab", p, signs))
+            grads.append(2 * factor * np.einsum("aj,jb->ab", p, signs, optimize=True))
         else:
-            grads.append(2 * factor * np.einsum("aj,jb->ab", signs, p))
+            grads.append(2 * factor * np.einsum("aj,jb->ab", signs, p, optimize=True))
     if slice_axis is None and w.ndim != 3:
         return grads[0].reshape(w.shape)
     axis = 1 if slice_axis is None else slice_axis

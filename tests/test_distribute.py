@@ -45,13 +45,12 @@ def train(strategy):
     return model, logger
 
 
-def test_mirrored_strategy_trains_like_one_device():
+def test_mirrored_strategy_trains_like_one_device(mirrored):
     """The penalty counts once per global step, not once per replica."""
     single, single_logger = train(tf.distribute.get_strategy())
-    mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert mirrored_strategy.num_replicas_in_sync == 2
-    mirrored, mirrored_logger = train(mirrored_strategy)
-    for a, b in zip(single.weights, mirrored.weights):
+    assert mirrored.num_replicas_in_sync == 2
+    replicated, mirrored_logger = train(mirrored)
+    for a, b in zip(single.weights, replicated.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert single_logger.watched_paths == mirrored_logger.watched_paths
     for path in single_logger.watched_paths:
@@ -60,17 +59,16 @@ def test_mirrored_strategy_trains_like_one_device():
         )
 
 
-def test_penalty_of_a_mirrored_variable_matches_reference():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_penalty_of_a_mirrored_variable_matches_reference(mirrored):
     w = np.random.default_rng(1).normal(size=(8, 3, 4)).astype("float32")
-    with strategy.scope():
+    with mirrored.scope():
         variable = keras.Variable(w)
 
     @tf.function
     def per_replica():
-        return strategy.run(lambda: OrthoRegularizer(0.5)(variable))
+        return mirrored.run(lambda: OrthoRegularizer(0.5)(variable))
 
-    values = strategy.experimental_local_results(per_replica())
+    values = mirrored.experimental_local_results(per_replica())
     assert len(values) == 2
     for value in values:
         assert float(value) == pytest.approx(reference.penalty(w, 0.5), rel=1e-5)

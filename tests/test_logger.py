@@ -230,9 +230,8 @@ def test_backup_and_restore_resume_keeps_one_row_per_epoch(tmp_path):
     )
 
 
-def test_mirrored_strategy_records_the_replicated_weights():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
+def test_mirrored_strategy_records_the_replicated_weights(mirrored):
+    with mirrored.scope():
         model = attention_model()
     logger, snapshots = OrthoLogger(), WeightSnapshots()
     model.fit(*data(), epochs=2, batch_size=8, verbose=0, callbacks=[logger, snapshots])

@@ -125,6 +125,24 @@ def test_sign_of_zero_is_zero():
     np.testing.assert_array_equal(keras_ortho.ortho_gradient(w), np.zeros((4, 3)))
 
 
+@pytest.mark.parametrize(
+    "shape,mode", [((1100, 1030), "columns"), ((1030, 1100), "rows"), ((2, 1024, 1040), "auto")]
+)
+def test_wide_grams_built_from_blocks_match_reference(rng, shape, mode):
+    """Grams of side >= 1024 are assembled from their upper block triangle."""
+    w = tf.constant(weights(rng, shape) / np.sqrt(shape[0]))
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        value = keras_ortho.ortho_penalty(w, 0.1, mode=mode)
+    np.testing.assert_allclose(value, reference.penalty(w.numpy(), 0.1, mode=mode), rtol=1e-10)
+    np.testing.assert_allclose(
+        tape.gradient(value, w), reference.gradient(w.numpy(), 0.1, mode=mode), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        keras_ortho.slice_errors(w, mode=mode), reference.slice_errors(w.numpy(), mode=mode), rtol=1e-10
+    )
+
+
 def test_auto_never_builds_the_larger_gram():
     # An Embedding-sized table: a 200000 x 200000 Gram would need 160 GB.
     w = tf.random.normal((200_000, 8), dtype=tf.float32)
