@@ -1,14 +1,18 @@
-"""Markdown tables of the benchmark results."""
+"""Markdown tables and the PNG chart of the benchmark results."""
 
 from harness import markdown_table
+
+TARGET_AUTODIFF, TARGET_FLOOR = 0.70, 1.10
 
 
 def _ms(row, name):
     value = row["ms"].get(name)
-    return "" if value is None else f"{value:.2f}"
+    if value is None:
+        return "fails" if name in row.get("failed", {}) else ""
+    return f"{value:.2f}"
 
 
-def penalty_table(section):
+def penalty_table(section, only=None):
     headers = [
         "kernel", "dtype", "exec", "slices x Gram", "ours ms", "autodiff ms", "keras ms",
         "floor ms", "ours/autodiff", "ours/floor", "ours GFLOP/s",
@@ -21,11 +25,77 @@ def penalty_table(section):
             f"{r['ours/autodiff']:.2f}", f"{r['ours/floor']:.2f}", f"{r['ours_gflops']:.0f}",
         ]
         for r in section["rows"]
+        if only is None or only(r)
     ]
-    yardstick = ", ".join(
+    failures = sorted({f"{name}: {message}" for r in section["rows"] if only is None or only(r)
+                       for name, message in r.get("failed", {}).items()})
+    note = "".join(f"\n\n`fails`: {failure}" for failure in failures)
+    return markdown_table(headers, rows) + note
+
+
+def yardstick(section):
+    n = section["matmul_size"]
+    return f"Plain square `tf.matmul` ({n}x{n} by {n}x{n}) in the same run: " + ", ".join(
         f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in section["matmul_gflops"].items()
+    ) + "."
+
+
+def blocks_table(section):
+    """The symmetric-Gram experiment: ours with other block sides, against the floor."""
+    names = ("unblocked", "blocks 128", "blocks 512")
+    rows = [
+        [r["kernel"], f"{r['ours/floor']:.3f}"] + [f"{r[f'{n}/floor']:.3f}" for n in names]
+        for r in section["rows"] if "unblocked/floor" in r
+    ]
+    if not rows:
+        return ""
+    return markdown_table(["kernel", "ours (blocks 256) / floor"] + [f"{n} / floor" for n in names], rows)
+
+
+def training_table(section):
+    headers = ["model", "none ms", "L2 ms", "Keras Orthogonal (rank-2 kernels) ms",
+               "OrthoRegularizer (every kernel) ms"]
+    rows = []
+    for r in section["rows"]:
+        n, o, iqr = r["regularized_kernels"], r["overhead"], r["iqr_ms"]
+        rows.append(
+            [r["model"], f"{r['ms']['none']:.2f} +- {iqr['none']:.2f}"]
+            + [f"{r['ms'][v]:.2f} +- {iqr[v]:.2f} ({o[v]:+.1%}, {n[v]} kernels)"
+               for v in ("l2", "keras_orthogonal", "ortho")]
+        )
+    return markdown_table(headers, rows) + "\n\nMedian step time +- interquartile range; in brackets the change against no regularizer and how many kernels each regularizes.\n"
+
+
+def logger_table(section):
+    s = section
+    headers = ["record", "hook ms", "share", "target"]
+    rows = [
+        ["per epoch (`OrthoLogger()`)", f"{s['on_epoch_end_ms']:.2f}",
+         f"{s['epoch_overhead']:.2%} of a {s['epoch_ms']:.0f} ms epoch", "< 1%"],
+        ["every batch (`every_n_batches=1`)", f"{s['on_train_batch_end_ms']:.2f}",
+         f"{s['batch_overhead']:.2%} of a {s['step_ms']:.1f} ms step", "< 10%"],
+    ]
+    fits = ", ".join(f"{k} {s['fit_ms'][k]:.0f} +- {s['fit_iqr_ms'][k]:.0f}" for k in s["fit_ms"])
+    setup = ", ".join(f"{k} {v:.0f} ms" for k, v in s["setup_ms"].items())
+    return (
+        markdown_table(headers, rows)
+        + f"\n\n{s['regularized_kernels']} regularized kernels, {s['steps_per_epoch']} steps per epoch. "
+        + f"Whole 3-epoch fits, median +- interquartile range (ms): {fits}. "
+        + f"One-time compile of a new logger's probe: {setup}.\n"
     )
-    return markdown_table(headers, rows) + f"\n\nPlain square `tf.matmul` in the same run: {yardstick}.\n"
+
+
+def huge_table(section):
+    rows, cols = section["shape"]
+    headers = ["variant", "ms", "extra peak MiB", "x table"]
+    body = [
+        [r["variant"], f"{r['ms']:.1f}", f"{r['extra_peak_mib']:.0f}", f"{r['extra_peak_in_tables']:.2f}"]
+        for r in section["rows"]
+    ]
+    return (
+        f"`Embedding({rows}, {cols})`, float32, a {section['table_mib']:.0f} MiB table, "
+        "penalty plus gradient in graph mode:\n\n" + markdown_table(headers, body) + "\n"
+    )
 
 
 def markdown(results):
@@ -38,9 +108,70 @@ def markdown(results):
         + f"), Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}."
         + (" Quick mode: tiny sizes, few rounds; not for quoting." if results["quick"] else ""),
         "",
-        "Medians over interleaved rounds in one process; ratios are of medians.",
+        "Medians over interleaved rounds in one process; ratios are of medians. "
+        f"Targets: ours/autodiff <= {TARGET_AUTODIFF}, ours/floor <= {TARGET_FLOOR}.",
         "",
     ]
     if "penalty" in results:
-        parts += ["## Penalty plus gradient", "", penalty_table(results["penalty"])]
+        section = results["penalty"]
+        parts += [
+            "## Penalty plus gradient, float32, graph mode", "",
+            penalty_table(section, lambda r: (r["dtype"], r["execution"]) == ("float32", "graph")),
+            "", yardstick(section), "",
+            "### Symmetric Gram: block side", "",
+            "Grams of side >= 1024 are built from their upper block triangle "
+            "(`keras_ortho/_ops.py`); the same penalty and gradient with other block sides:",
+            "", blocks_table(section), "",
+            "## Penalty plus gradient, other dtypes and execution modes", "",
+            penalty_table(section, lambda r: (r["dtype"], r["execution"]) != ("float32", "graph")),
+            "",
+        ]
+    if "training" in results:
+        parts += ["## Training step", "", training_table(results["training"]), ""]
+    if "logger" in results:
+        parts += ["## OrthoLogger overhead", "", logger_table(results["logger"]), ""]
+    if "huge" in results:
+        parts += ["## Huge kernel", "", huge_table(results["huge"]), ""]
     return "\n".join(parts) + "\n"
+
+
+def chart(results, path):
+    """Ratios of the headline configuration and the training-step overheads."""
+    from matplotlib.figure import Figure
+
+    panels = [k for k in ("penalty", "training") if k in results]
+    figure = Figure(figsize=(13, 4.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, key in zip(axes, panels):
+        if key == "penalty":
+            rows = [r for r in results["penalty"]["rows"]
+                    if (r["dtype"], r["execution"]) == ("float32", "graph")] or results["penalty"]["rows"]
+            labels = [r["kernel"] for r in rows]
+            y = range(len(rows))
+            ax.barh([i - 0.2 for i in y], [r["ours/autodiff"] for r in rows], 0.4, label="ours / autodiff")
+            ax.barh([i + 0.2 for i in y], [r["ours/floor"] for r in rows], 0.4, label="ours / matmul floor")
+            ax.axvline(TARGET_AUTODIFF, color="C0", linestyle="--", linewidth=1)
+            ax.axvline(TARGET_FLOOR, color="C1", linestyle="--", linewidth=1)
+            ax.axvline(1.0, color="grey", linewidth=0.8)
+            ax.set_yticks(list(y), labels, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel("time ratio (lower is faster); dashed: targets")
+            ax.set_title("penalty + gradient, float32, graph mode")
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            rows = results["training"]["rows"]
+            variants = ("l2", "keras_orthogonal", "ortho")
+            names = {"l2": "Keras L2 (all)", "keras_orthogonal": "Keras Orthogonal (rank 2)",
+                     "ortho": "OrthoRegularizer (all)"}
+            for j, v in enumerate(variants):
+                ax.bar([i + (j - 1) * 0.27 for i in range(len(rows))],
+                       [100 * r["overhead"][v] for r in rows], 0.27, label=names[v])
+            ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
+            ax.axhline(0, color="grey", linewidth=0.8)
+            ax.set_ylabel("training-step overhead vs no regularizer (%)")
+            ax.set_title("training step")
+            ax.legend(fontsize=8)
+    m = results["machine"]
+    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, {m['date']}",
+                    fontsize=10)
+    figure.savefig(path, dpi=100)

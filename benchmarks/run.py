@@ -1,6 +1,6 @@
 """Benchmarks for keras_ortho, one entry point.
 
-    python benchmarks/run.py            # full run, a few minutes on 2 cores
+    python benchmarks/run.py            # full run, about 10 minutes on 2 cores
     python benchmarks/run.py --quick    # under a minute: checks the harness works
 
 Writes `results.md`, `results.json` and `results.png` to `--out`
@@ -17,10 +17,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+import huge  # noqa: E402
+import logger_overhead  # noqa: E402
 import penalty  # noqa: E402
 import report  # noqa: E402
+import training  # noqa: E402
 
-SECTIONS = ("penalty",)
+SECTIONS = {
+    "penalty": ("penalty + gradient per kernel shape, dtype and execution mode", penalty.run),
+    "training": ("training-step cost of the regularizers", training.run),
+    "logger": ("OrthoLogger overhead per epoch and per batch", logger_overhead.run),
+    "huge": ("Embedding(1_000_000, 128): time and peak memory", huge.run),
+}
 
 
 def main(argv=None):
@@ -29,7 +37,7 @@ def main(argv=None):
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)}",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
     )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
@@ -42,13 +50,15 @@ def main(argv=None):
 
     results = {"machine": harness.machine_stamp(), "quick": args.quick}
     print(f"machine: {results['machine']}")
-    if "penalty" in sections:
-        print("penalty + gradient, float32, graph mode:")
-        results["penalty"] = penalty.run(args.quick)
+    for name in sections:
+        title, run = SECTIONS[name]
+        print(f"{name}: {title}")
+        results[name] = run(args.quick)
 
     harness.write_json(out / "results.json", results)
     (out / "results.md").write_text(report.markdown(results))
-    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    report.chart(results, out / "results.png")
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'results.png'}")
 
 
 if __name__ == "__main__":

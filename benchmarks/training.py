@@ -79,7 +79,7 @@ def _step_function(build, variant, quick):
 
 
 def run(quick, log=print):
-    rounds, calls = (3, 2) if quick else (15, 5)
+    rounds, calls = (3, 2) if quick else (21, 5)
     rows = []
     for name, build in MODELS.items():
         steps, regularized = {}, {}
@@ -90,6 +90,7 @@ def run(quick, log=print):
         row = {
             "model": name,
             "ms": ms,
+            "iqr_ms": {v: t["iqr_s"] * 1e3 for v, t in times.items()},
             "regularized_kernels": regularized,
             "overhead": {v: ms[v] / ms["none"] - 1 for v in VARIANTS if v != "none"},
         }

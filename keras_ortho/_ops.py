@@ -22,10 +22,12 @@ from keras_ortho._slicing import plan_slices
 
 # --- Batched math on a (num_slices, rows, cols) stack ------------------------
 
-# Gram matrices of side >= 4 blocks are built from their upper block triangle.
-# Block side measured on a 2-core AVX-512 Xeon with oneDNN (benchmarks/README):
-# 256 beat 128 and 512; below 4 blocks the copies cost more than they save.
+# Gram matrices of side >= _BLOCKED_FROM are built from their upper block
+# triangle, in blocks of side _GRAM_BLOCK. Measured on a 2-core AVX-512 Xeon
+# with oneDNN (benchmarks/run.py, "Symmetric Gram" in its results): 256 beat
+# 128 and 512, and at side 512 the copies cost more than they save.
 _GRAM_BLOCK = 256
+_BLOCKED_FROM = 1024
 
 
 def _product(a, b, mode):
@@ -38,14 +40,14 @@ def _product(a, b, mode):
 def gram(phi, mode):
     """`Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows"), `(m, k, k)`.
 
-    The Gram is symmetric. Past `4 * _GRAM_BLOCK` its side is cut into blocks
-    of `_GRAM_BLOCK` columns (rows) of `Phi_i`; only the blocks on and above
-    the diagonal are multiplied, those below are their transposes: about
+    The Gram is symmetric. From side `_BLOCKED_FROM` on, its side is cut into
+    blocks of `_GRAM_BLOCK` columns (rows) of `Phi_i`; only the blocks on and
+    above the diagonal are multiplied, those below are their transposes: about
     `(b + 1) / (2 b)` of the multiply-adds for `b` blocks.
     """
     axis = -1 if mode == "columns" else -2
     side = phi.shape[axis]
-    if side < 4 * _GRAM_BLOCK:
+    if side < _BLOCKED_FROM or side <= _GRAM_BLOCK:
         return _product(phi, phi, mode)
     sizes = [_GRAM_BLOCK] * (side // _GRAM_BLOCK) + [side % _GRAM_BLOCK] * (side % _GRAM_BLOCK > 0)
     parts = tf.split(phi, sizes, axis=axis)
@@ -85,8 +87,8 @@ def residual_gradient(phi, residual, mode, scale):
     """`2 scale Phi_i sign(G_i)` ("columns") or `2 scale sign(G_i) Phi_i` ("rows").
 
     Args:
-        phi: `(m, rows, cols)` stack the residual was computed from.
-        residual: its `(m, k, k)` residual from `gram_residual`.
+        phi: the `(m, rows, cols)` stack (or one matrix) the residual came from.
+        residual: its residual from `gram_residual`.
         mode: "columns" or "rows".
         scale: a Python float or a scalar tensor of the residual's dtype;
             `factor` times the upstream gradient.
@@ -177,10 +179,12 @@ def _from_stack(stack, plan, dtype):
 def slice_errors(w, slice_axis=None, mode="auto"):
     """Distance from orthonormal of each slice: `sum_jk |G_i|_jk`, unscaled.
 
-    `factor * sum(slice_errors(w))` equals `ortho_penalty(w, factor)`.
+    `factor * sum(slice_errors(w))` equals `ortho_penalty(w, factor)` (up to
+    the order of the float additions).
 
     Args:
-        w: a float tensor, variable or array of rank >= 2.
+        w: a float tensor, variable or array of rank >= 2. A Keras variable
+            brings its path, which the attention-output rule needs.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
 
@@ -190,8 +194,8 @@ def slice_errors(w, slice_axis=None, mode="auto"):
 
     Example:
 
-    >>> keras_ortho.slice_errors(np.eye(3)[:, :2])
-    <tf.Tensor: shape=(1,), dtype=float64, numpy=array([0.])>
+        keras_ortho.slice_errors(np.eye(3)[:, :2])   # [0.]: orthonormal columns
+        keras_ortho.slice_errors(attention_layer.trainable_weights[0])  # per head
     """
     tensor, plan, compute_dtype = _prepare(w, slice_axis, mode)
     stack = _to_stack(tensor, plan, compute_dtype)
@@ -224,6 +228,9 @@ def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto"):
 
     Columns mode: `2 factor Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
     `2 factor sign(Phi_i Phi_i^T - I) Phi_i`, laid back into `w`'s layout.
+
+    Args:
+        w, factor, slice_axis, mode: as for `ortho_penalty`.
 
     Returns:
         A tensor of `w`'s shape and dtype.

@@ -54,9 +54,9 @@ class OrthoLogger(keras.callbacks.Callback):
 
     Example:
 
-    >>> logger = keras_ortho.OrthoLogger(log_dir="logs")
-    >>> model.fit(x, y, epochs=5, callbacks=[logger, keras.callbacks.CSVLogger("log.csv")])
-    >>> logger.errors["dense/kernel"].shape   # (5, 1)
+        logger = keras_ortho.OrthoLogger(log_dir="logs")
+        model.fit(x, y, epochs=5, callbacks=[logger, keras.callbacks.CSVLogger("log.csv")])
+        logger.errors["dense/kernel"].shape   # (5, 1): epochs x slices
     """
 
     def __init__(
@@ -96,6 +96,10 @@ class OrthoLogger(keras.callbacks.Callback):
                 f"Received: per_slice_logs={per_slice_logs!r}"
             )
         self.every_n_batches = every_n_batches
+        if every_n_batches is not None:
+            # Only then a batch hook: Keras runs the steps of a fit whose
+            # callbacks have none without waiting for Python after each one.
+            self.on_train_batch_end = self._record_batch
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.per_slice_logs = per_slice_logs
 
@@ -149,14 +153,13 @@ class OrthoLogger(keras.callbacks.Callback):
             # Another model or other weights: start a new record and a new probe.
             self._epoch_records, self._batch_records = [], []
             self._watched = watched
-            self._probe = _watch.ErrorProbe(watched)
+            self._probe = _watch.ErrorProbe(watched, jit_compile=self.every_n_batches is not None)
         self._batches_seen = 0
         if self.log_dir is not None and _is_chief():
             self._writer = _open_writer(self.log_dir)
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_batches is None:
-            return
+    def _record_batch(self, batch, logs=None):
+        """`on_train_batch_end` when `every_n_batches` is set (see `__init__`)."""
         self._batches_seen += 1
         if self._batches_seen % self.every_n_batches:
             return

@@ -27,7 +27,10 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
     Example:
 
-    >>> layer = keras.layers.Dense(16, kernel_regularizer=OrthoRegularizer(0.01))
+        layer = keras.layers.Dense(16, kernel_regularizer=OrthoRegularizer(0.01))
+        attention = keras.layers.MultiHeadAttention(
+            num_heads=8, key_dim=64, kernel_regularizer=OrthoRegularizer(0.01)
+        )  # each head of the four projections
     """
 
     def __init__(self, factor=0.01, slice_axis=None, mode="auto"):
