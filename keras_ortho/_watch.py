@@ -53,7 +53,8 @@ def watch(variable, slice_axis=None, mode="auto"):
     return Watched(variable, path, slice_axis, mode, plan)
 
 
-def _ortho_regularizer(variable):
+def ortho_regularizer_of(variable):
+    """The variable's `OrthoRegularizer`, or None."""
     regularizer = getattr(variable, "regularizer", None)
     return regularizer if isinstance(regularizer, OrthoRegularizer) else None
 
@@ -68,7 +69,7 @@ def regularized_weights(model, include_all=False):
     trainable = {id(v) for v in model.trainable_weights}
     watched = []
     for v in model.weights:
-        regularizer = _ortho_regularizer(v)
+        regularizer = ortho_regularizer_of(v)
         if regularizer is not None and id(v) in trainable:
             watched.append(watch(v, regularizer.slice_axis, regularizer.mode))
         elif include_all and len(v.shape) >= 2 and tf.as_dtype(v.dtype).is_floating:

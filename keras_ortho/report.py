@@ -51,7 +51,7 @@ def measure(model, include_all=False, worst=3):
     for w in watched:
         values = errors[w.path]
         order = np.argsort(-np.nan_to_num(values, nan=np.inf), kind="stable")[:worst]
-        regularizer = _watch._ortho_regularizer(w.variable)
+        regularizer = _watch.ortho_regularizer_of(w.variable)
         entries.append(
             {
                 "path": w.path,
