@@ -138,7 +138,10 @@ def test_bad_files_exit_non_zero_with_one_line_and_no_traceback(tmp_path, make, 
 
 
 def test_console_script_is_installed():
-    script = shutil.which("keras-ortho")
+    # Installed beside the interpreter, which need not be on PATH (a venv not activated).
+    script = shutil.which("keras-ortho", path=os.path.dirname(sys.executable)) or shutil.which(
+        "keras-ortho"
+    )
     assert script is not None, "install the project: pip install -e '.[test]'"
     result = subprocess.run([script, "report", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "--all" in result.stdout
