@@ -155,6 +155,7 @@ class OrthoLogger(keras.callbacks.Callback):
             self._watched = watched
             self._probe = _watch.ErrorProbe(watched, jit_compile=self.every_n_batches is not None)
         self._batches_seen = 0
+        self.on_train_end()  # a fit that raised left its writer open
         if self.log_dir is not None and _is_chief():
             self._writer = _open_writer(self.log_dir)
 

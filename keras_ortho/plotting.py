@@ -43,6 +43,13 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
         ImportError: naming what to install, when matplotlib is missing.
         ValueError: when there is nothing recorded to draw.
     """
+    if not isinstance(source, dict) and not hasattr(source, "errors"):
+        raise TypeError(
+            "Argument `source` must be an OrthoLogger or a dict {name: array (epochs, slices)}. "
+            f"Received: source of type {type(source).__name__}"
+        )
+    if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
+        raise ValueError(f"Argument `max_columns` must be an int >= 1. Received: max_columns={max_columns!r}")
     Figure, LogNorm = _import_matplotlib()
     errors = source if isinstance(source, dict) else source.errors
     if epochs is None and not isinstance(source, dict):
@@ -55,6 +62,11 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
     arrays = {name: np.asarray(e, dtype=np.float64).reshape(len(e), -1) for name, e in errors.items()}
     num_rows = max(len(a) for a in arrays.values())
     epochs = list(range(num_rows)) if epochs is None else list(epochs)
+    if len(epochs) != num_rows:
+        raise ValueError(
+            f"Argument `epochs` must give one epoch per recorded row ({num_rows}). "
+            f"Received: epochs of length {len(epochs)}"
+        )
 
     finite = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays.values()])
     vmin, vmax = (finite.min(), finite.max()) if finite.size else (1e-6, 1.0)

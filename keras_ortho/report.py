@@ -135,6 +135,16 @@ def run_report(args, out=None):
             out.write(f"plot written to {args.plot}\n")
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="keras_ortho command line tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +156,8 @@ def build_parser():
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--plot", metavar="FILE.png", help="also draw the per-slice errors")
     report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
-    report.add_argument("--worst", type=int, default=3, metavar="K", help="worst slices to list (default 3)")
+    report.add_argument("--worst", type=_positive_int, default=3, metavar="K",
+                        help="worst slices to list (default 3)")
     return parser
 
 

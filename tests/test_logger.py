@@ -328,6 +328,21 @@ def test_plot_without_matplotlib_says_what_to_install(monkeypatch):
         keras_ortho.plot_errors({"a": np.ones((1, 1))})
 
 
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"source": [[1.0]]}, TypeError, r"`source`.*Received: source of type list"),
+        ({"source": {"a": np.ones((2, 1))}, "epochs": [0]}, ValueError,
+         r"`epochs`.*\(2\).*Received: epochs of length 1"),
+        ({"source": {"a": np.ones((2, 1))}, "max_columns": 0}, ValueError,
+         r"`max_columns`.*Received: max_columns=0"),
+    ],
+)
+def test_plot_rejects_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        keras_ortho.plot_errors(**kwargs)
+
+
 def test_plot_with_nothing_recorded_is_an_error():
     with pytest.raises(ValueError, match="nothing to draw"):
         keras_ortho.plot_errors(OrthoLogger())
