@@ -39,7 +39,8 @@ class OrthoLogger(keras.callbacks.Callback):
         slice_axis: slicing of explicitly given weights (see `OrthoRegularizer`).
         mode: "auto", "columns" or "rows", for explicitly given weights.
         every_n_batches: also record after every N training batches into
-            `batch_errors` (and TensorBoard). None (default): epochs only.
+            `batch_errors` (and TensorBoard); N counts calls of the batch hook,
+            one per `steps_per_execution` steps. None (default): epochs only.
         log_dir: if given, TensorBoard summaries go to `log_dir/ortho`, a run of
             its own beside the TensorBoard callback's `train`/`validation`:
             per-slice and total scalars, and one histogram per weight. In a
