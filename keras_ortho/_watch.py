@@ -33,6 +33,11 @@ def weight_path(variable):
     return path if path is not None else variable.name.split(":")[0]
 
 
+def holds_matrices(variable):
+    """True for a floating-point weight of rank >= 2."""
+    return len(variable.shape) >= 2 and tf.as_dtype(variable.dtype).is_floating
+
+
 def watch(variable, slice_axis=None, mode="auto"):
     """Checks that `variable` holds matrices and plans its slices.
 
@@ -40,14 +45,16 @@ def watch(variable, slice_axis=None, mode="auto"):
         ValueError: naming the weight, when it is of rank < 2 or not floating.
     """
     path = weight_path(variable)
-    dtype = tf.as_dtype(variable.dtype)
-    if len(variable.shape) < 2 or not dtype.is_floating:
+    if not holds_matrices(variable):
         raise ValueError(
             f"Cannot watch weight '{path}': keras_ortho needs a floating-point weight of "
-            f"rank >= 2. Received: shape={tuple(variable.shape)}, dtype={dtype.name}"
+            f"rank >= 2. Received: shape={tuple(variable.shape)}, "
+            f"dtype={tf.as_dtype(variable.dtype).name}"
         )
     try:
-        plan = plan_slices(variable.shape, slice_axis, mode, path=path)
+        # The Keras path only, as `slice_errors` plans it: the two must agree on
+        # the number of slices the probe returns.
+        plan = plan_slices(variable.shape, slice_axis, mode, path=getattr(variable, "path", None))
     except ValueError as error:
         raise ValueError(f"Cannot watch weight '{path}': {error}") from error
     return Watched(variable, path, slice_axis, mode, plan)
@@ -72,7 +79,7 @@ def regularized_weights(model, include_all=False):
         regularizer = ortho_regularizer_of(v)
         if regularizer is not None and id(v) in trainable:
             watched.append(watch(v, regularizer.slice_axis, regularizer.mode))
-        elif include_all and len(v.shape) >= 2 and tf.as_dtype(v.dtype).is_floating:
+        elif include_all and holds_matrices(v):
             watched.append(watch(v))
     return watched
 

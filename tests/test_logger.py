@@ -429,3 +429,15 @@ def test_unwritable_log_dir_fails_at_train_begin(tmp_path):
     with pytest.raises(ValueError, match=r"cannot write TensorBoard logs to log_dir=.*not_a_directory"):
         attention_model().fit(*data(), epochs=1, verbose=0, callbacks=[OrthoLogger(log_dir=blocker)])
     assert blocker.read_text().startswith("a file")
+
+
+def test_watched_slices_agree_with_slice_errors_for_a_plain_tf_variable():
+    """Only a Keras path triggers the attention-output rule, in the logger as in slice_errors."""
+    from keras_ortho import _watch
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 5)).astype("float32")
+    variable = tf.Variable(w, name="mha/attention_output/kernel")
+    watched = _watch.watch(variable)
+    _, errors = _watch.ErrorProbe([watched])()
+    assert watched.num_slices == 3
+    np.testing.assert_allclose(errors[watched.path], keras_ortho.slice_errors(variable), rtol=1e-6)
