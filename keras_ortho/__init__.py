@@ -1,4 +1,4 @@
-"""keras_ortho: an exact orthogonality regularizer for Keras 3 on TensorFlow.
+"""keras_ortho: an exact orthogonality regularizer for Keras 3 (TensorFlow, JAX, PyTorch).
 
     L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
 """

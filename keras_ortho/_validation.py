@@ -1,26 +1,14 @@
-"""Argument checks shared by the functions, the regularizer and the logger.
+"""Argument checks shared by the functions, the regularizer, the logger, the plot and the report.
 
 Each check raises before any work is done, with a message that names the
-argument and the value received.
+argument and the value received, and returns the value in its plain form.
 """
 
 import math
 import numbers
+import os
 
 from keras_ortho._slicing import MODES
-
-
-def check_keras_backend(what):
-    """keras_ortho runs on TensorFlow: any other Keras backend would train without it."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise RuntimeError(
-            f"{what} needs Keras's TensorFlow backend (KERAS_BACKEND=tensorflow); this "
-            f"process runs Keras on backend={backend!r}, where its penalty would not "
-            "reach the gradients."
-        )
 
 
 def check_factor(factor):
@@ -58,3 +46,29 @@ def check_mode(mode):
             f"Argument `mode` must be one of {MODES}. Received: mode={mode!r}"
         )
     return mode
+
+
+def check_positive_int(name, value, allow_none=False):
+    """`value` must be an int >= 1 (bool is refused), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "None or an int >= 1" if allow_none else "an int >= 1"
+        raise ValueError(f"Argument `{name}` must be {expected}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
+def check_path(name, value, allow_none=True):
+    """`value` must be a filesystem path (str or os.PathLike), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        expected = "None or a path" if allow_none else "a path"
+        raise TypeError(f"Argument `{name}` must be {expected}. Received: {name}={value!r}")
+    return os.fspath(value)

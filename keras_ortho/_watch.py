@@ -1,15 +1,17 @@
 """Which weights of a model to watch, and one compiled function that measures them.
 
-Shared by `OrthoLogger` and the `report` command.
+Shared by `OrthoLogger` and the `report` command. Each weight is planned once,
+here, and the probe measures it with that plan.
 """
 
 from typing import NamedTuple, Optional
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_ortho import _ops
-from keras_ortho._slicing import SlicePlan, plan_slices
+from keras_ortho import _backend, _ops
+from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
 
@@ -28,35 +30,30 @@ class Watched(NamedTuple):
 
 
 def weight_path(variable):
-    """The Keras path of a variable (`layer/.../name`), or its TF name."""
-    path = getattr(variable, "path", None)
+    """The Keras path of a variable (`layer/.../name`), or its backend name."""
+    path = _ops.keras_path(variable)
     return path if path is not None else variable.name.split(":")[0]
 
 
 def holds_matrices(variable):
     """True for a floating-point weight of rank >= 2."""
-    return len(variable.shape) >= 2 and tf.as_dtype(variable.dtype).is_floating
+    return len(variable.shape) >= 2 and "float" in keras.backend.standardize_dtype(variable.dtype)
 
 
 def watch(variable, slice_axis=None, mode="auto"):
-    """Checks that `variable` holds matrices and plans its slices.
+    """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
 
     Raises:
-        ValueError: naming the weight, when it is of rank < 2 or not floating.
+        TypeError, ValueError: naming the weight, when it is not floating point,
+            of rank < 2, or has no axis `slice_axis`.
     """
     path = weight_path(variable)
-    if not holds_matrices(variable):
-        raise ValueError(
-            f"Cannot watch weight '{path}': keras_ortho needs a floating-point weight of "
-            f"rank >= 2. Received: shape={tuple(variable.shape)}, "
-            f"dtype={tf.as_dtype(variable.dtype).name}"
-        )
     try:
-        # The Keras path only, as `slice_errors` plans it: the two must agree on
-        # the number of slices the probe returns.
-        plan = plan_slices(variable.shape, slice_axis, mode, path=getattr(variable, "path", None))
-    except ValueError as error:
-        raise ValueError(f"Cannot watch weight '{path}': {error}") from error
+        plan = _ops.plan_weight(
+            variable.shape, variable.dtype, slice_axis, mode, path=_ops.keras_path(variable)
+        )
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"Cannot watch weight '{path}': {error}") from error
     return Watched(variable, path, slice_axis, mode, plan)
 
 
@@ -87,32 +84,32 @@ def regularized_weights(model, include_all=False):
 class ErrorProbe:
     """Evaluates `slice_errors` of all watched weights in one compiled function.
 
-    The function runs where the weights live and returns a single float64
-    vector, so each measurement costs one small transfer to the host.
-    `jit_compile=True` fuses it with XLA: about half the time per call on CPU
-    (25 small kernels: 0.9 ms instead of 1.7 ms), for about a second more to
-    compile it once; worth it when recording every few batches.
+    The function takes the weights' current values, runs where they live and
+    returns a single vector, so each measurement costs one small transfer to
+    the host. On TensorFlow `jit_compile=True` fuses it with XLA: about half
+    the time per call on CPU (25 small kernels: 0.9 ms instead of 1.7 ms), for
+    about a second more to compile it once; worth it when recording every few
+    batches. JAX always compiles it; PyTorch runs it eagerly.
     """
 
     def __init__(self, watched, jit_compile=False):
         self.watched = list(watched)
         self._sizes = [w.num_slices for w in self.watched]
-        self._function = tf.function(self._measure, jit_compile=jit_compile)
+        self._dtype = np.result_type(
+            "float32", *(_ops.compute_dtype(w.variable.dtype) for w in self.watched)
+        ).name
+        self._function = _backend.current().compile(self._measure, jit_compile)
 
-    def _measure(self, extra):
-        parts = [tf.reshape(tf.cast(extra, tf.float64), [1])]
-        parts += [
-            tf.cast(_ops.slice_errors(w.variable, w.slice_axis, w.mode), tf.float64)
-            for w in self.watched
-        ]
-        return tf.concat(parts, axis=0)
+    def _measure(self, *values):
+        return ops.concatenate(
+            [ops.cast(_ops.errors_of(v, w.plan), self._dtype) for v, w in zip(values, self.watched)]
+        )
 
-    def __call__(self, extra=0):
-        """Returns `(extra, {path: per-slice errors})`.
-
-        `extra` is a scalar (a variable, say) read in the same call, so that
-        what it says and the errors come back in one transfer.
-        """
-        vector = self._function(extra).numpy()
-        chunks = np.split(vector[1:], np.cumsum(self._sizes)[:-1]) if self.watched else []
-        return vector[0], {w.path: chunk for w, chunk in zip(self.watched, chunks)}
+    def __call__(self):
+        """Returns `{path: per-slice errors}` of the weights' current values (float64)."""
+        if not self.watched:
+            return {}
+        to_tensor = _backend.current().to_tensor
+        vector = ops.convert_to_numpy(self._function(*(to_tensor(w.variable) for w in self.watched)))
+        chunks = np.split(vector.astype(np.float64), np.cumsum(self._sizes)[:-1])
+        return {w.path: chunk for w, chunk in zip(self.watched, chunks)}

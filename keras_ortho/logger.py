@@ -1,15 +1,13 @@
 """`OrthoLogger`: per-slice orthogonality of watched weights during `fit`."""
 
 import importlib.util
-import json
 import os
 import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_ortho import _validation, _watch
+from keras_ortho import _backend, _validation, _watch
 
 LOG_PREFIX = "ortho/"
 _WEIGHT_OPTIONS = ("slice_axis", "mode")
@@ -27,7 +25,7 @@ class OrthoLogger(keras.callbacks.Callback):
     are listed after this callback. Per-slice values stay out of the logs
     unless `per_slice_logs=True` (they would flood the progress bar); they are
     kept in `errors`, written to TensorBoard with `log_dir`, and drawn by
-    `keras_ortho.plot_errors`.
+    `keras_ortho.plot_errors`. Runs on the TensorFlow, JAX and PyTorch backends.
 
     Args:
         weights: what to watch. None (default): every trainable weight of the
@@ -43,8 +41,10 @@ class OrthoLogger(keras.callbacks.Callback):
             one per `steps_per_execution` steps. None (default): epochs only.
         log_dir: if given, TensorBoard summaries go to `log_dir/ortho`, a run of
             its own beside the TensorBoard callback's `train`/`validation`:
-            per-slice and total scalars, and one histogram per weight. In a
-            multi-worker cluster only the chief writes them.
+            per-slice and total scalars, and one histogram per weight. Written
+            with `tf.summary`, so it needs TensorFlow installed (on any backend,
+            as Keras's TensorBoard callback does) and the tensorboard package.
+            In a multi-process run only the chief (process 0) writes them.
         per_slice_logs: also write `logs["ortho/<path>/slice_<i>"]` per slice.
 
     Attributes:
@@ -73,36 +73,17 @@ class OrthoLogger(keras.callbacks.Callback):
         slice_axis = _validation.check_slice_axis(slice_axis)
         mode = _validation.check_mode(mode)
         self._requested = _requested_weights(weights, slice_axis, mode)
-        if every_n_batches is not None and (
-            isinstance(every_n_batches, bool)
-            or not isinstance(every_n_batches, int)
-            or every_n_batches < 1
-        ):
-            raise ValueError(
-                "Argument `every_n_batches` must be None or an int >= 1. "
-                f"Received: every_n_batches={every_n_batches!r}"
-            )
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(
-                f"Argument `log_dir` must be None or a path. Received: log_dir={log_dir!r}"
-            )
-        if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
-            raise ImportError(
-                f"OrthoLogger(log_dir={log_dir!r}) writes TensorBoard summaries and needs the "
-                "tensorboard package: `pip install 'keras-ortho[tensorboard]'`."
-            )
-        if not isinstance(per_slice_logs, bool):
-            raise TypeError(
-                "Argument `per_slice_logs` must be a bool. "
-                f"Received: per_slice_logs={per_slice_logs!r}"
-            )
-        self.every_n_batches = every_n_batches
+        self.every_n_batches = _validation.check_positive_int(
+            "every_n_batches", every_n_batches, allow_none=True
+        )
+        self.log_dir = _validation.check_path("log_dir", log_dir)
+        if self.log_dir is not None:
+            _check_summary_packages(self.log_dir)
+        self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.
             self.on_train_batch_end = self._record_batch
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.per_slice_logs = per_slice_logs
 
         self._watched = []
         self._epoch_records = []  # [(epoch, {path: per-slice errors})]
@@ -144,7 +125,7 @@ class OrthoLogger(keras.callbacks.Callback):
     # --- Callback hooks -------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        _validation.check_keras_backend(type(self).__name__)
+        backend = _backend.current()
         watched = self._resolve(self.model)
         same_weights = len(watched) == len(self._watched) and all(
             new.variable is old.variable and new.plan == old.plan
@@ -157,8 +138,8 @@ class OrthoLogger(keras.callbacks.Callback):
             self._probe = _watch.ErrorProbe(watched, jit_compile=self.every_n_batches is not None)
         self._batches_seen = 0
         self.on_train_end()  # a fit that raised left its writer open
-        if self.log_dir is not None and _is_chief():
-            self._writer = _open_writer(self.log_dir)
+        if self.log_dir is not None and backend.is_chief(self.model):
+            self._writer = _SummaryWriter(self.log_dir)
 
     def _record_batch(self, batch, logs=None):
         """`on_train_batch_end` when `every_n_batches` is set (see `__init__`)."""
@@ -169,9 +150,7 @@ class OrthoLogger(keras.callbacks.Callback):
         _keep_before(self._batch_records, step)
         self._batch_records.append((step, errors))
         if self._writer is not None:
-            with self._writer.as_default(step=step):
-                for path, values in errors.items():
-                    tf.summary.scalar(f"ortho_batch/{path}", np.sum(values))
+            self._writer.write(step, {f"ortho_batch/{p}": np.sum(v) for p, v in errors.items()})
 
     def on_epoch_end(self, epoch, logs=None):
         _, errors = self._measure()
@@ -184,20 +163,19 @@ class OrthoLogger(keras.callbacks.Callback):
                     for i, value in enumerate(values):
                         logs[f"{LOG_PREFIX}{path}/slice_{i}"] = float(value)
         if self._writer is not None:
-            self._write_epoch(epoch, errors)
+            scalars = {}
+            for path, values in errors.items():
+                scalars[f"{LOG_PREFIX}{path}"] = np.sum(values)
+                scalars.update({f"{LOG_PREFIX}{path}/slice_{i}": v for i, v in enumerate(values)})
+            histograms = {f"{LOG_PREFIX}{path}/slices": values for path, values in errors.items()}
+            self._writer.write(epoch, scalars, histograms)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
 
     # --- Helpers ----------------------------------------------------------------------
-
-    def _iterations(self):
-        """The optimizer's iteration counter, or -1 for a model without one."""
-        optimizer = getattr(self.model, "optimizer", None)
-        return -1 if optimizer is None else optimizer.iterations
 
     def _resolve(self, model):
         if self._requested is None:
@@ -222,7 +200,11 @@ class OrthoLogger(keras.callbacks.Callback):
         return watched
 
     def _measure(self):
-        step, errors = self._probe(self._iterations())
+        """`(optimizer iteration, {path: per-slice errors})` of the weights now."""
+        model = self.model  # on JAX, this brings the trained values back into the variables
+        optimizer = getattr(model, "optimizer", None)
+        step = -1 if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
+        errors = self._probe()
         for path, values in errors.items():
             if not np.all(np.isfinite(values)):
                 values[~np.isfinite(values)] = np.nan
@@ -234,16 +216,7 @@ class OrthoLogger(keras.callbacks.Callback):
                         RuntimeWarning,
                         stacklevel=2,
                     )
-        return int(step), errors
-
-    def _write_epoch(self, epoch, errors):
-        with self._writer.as_default(step=epoch):
-            for path, values in errors.items():
-                tf.summary.scalar(f"{LOG_PREFIX}{path}", np.sum(values))
-                for i, value in enumerate(values):
-                    tf.summary.scalar(f"{LOG_PREFIX}{path}/slice_{i}", value)
-                tf.summary.histogram(f"{LOG_PREFIX}{path}/slices", values)
-        self._writer.flush()
+        return step, errors
 
 
 def _requested_weights(weights, slice_axis, mode):
@@ -285,32 +258,46 @@ def _keep_before(records, key):
         records.pop()
 
 
-def _is_chief():
-    """False on the non-chief workers of a multi-worker cluster (per TF_CONFIG).
-
-    Every worker holds the same weights and the same records; only the chief
-    writes TensorBoard files, so that workers never write into one directory.
-    """
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    except ValueError:
-        return True
-    cluster, task = config.get("cluster", {}), config.get("task", {})
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+def _check_summary_packages(log_dir):
+    """TensorBoard files are written with `tf.summary`: TensorFlow and tensorboard."""
+    for package, install in (("tensorflow", "tensorflow"), ("tensorboard", "'keras-ortho[tensorboard]'")):
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(
+                f"OrthoLogger(log_dir={log_dir!r}) writes TensorBoard summaries with tf.summary "
+                f"and needs the {package} package, on every Keras backend (as Keras's TensorBoard "
+                f"callback does): `pip install {install}`."
+            )
 
 
-def _open_writer(log_dir):
-    run_dir = os.path.join(log_dir, "ortho")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        if not os.access(run_dir, os.W_OK):
-            raise PermissionError(f"no write permission on {run_dir}")
-        return tf.summary.create_file_writer(run_dir)
-    except (OSError, tf.errors.OpError) as error:
-        raise ValueError(
-            f"OrthoLogger cannot write TensorBoard logs to log_dir={log_dir!r}: {error}"
-        ) from error
+class _SummaryWriter:
+    """A `tf.summary` file writer for the run `log_dir/ortho`."""
+
+    def __init__(self, log_dir):
+        import tensorflow as tf
+
+        self._tf = tf
+        run_dir = os.path.join(log_dir, "ortho")
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            if not os.access(run_dir, os.W_OK):
+                raise PermissionError(f"no write permission on {run_dir}")
+            self._writer = tf.summary.create_file_writer(run_dir)
+        except (OSError, tf.errors.OpError) as error:
+            raise ValueError(
+                f"OrthoLogger cannot write TensorBoard logs to log_dir={log_dir!r}: {error}"
+            ) from error
+
+    def write(self, step, scalars, histograms=None):
+        """Writes scalars (and histograms) at `step`; flushes with histograms, at epoch ends."""
+        tf = self._tf
+        with self._writer.as_default(step=step):
+            for tag, value in scalars.items():
+                tf.summary.scalar(tag, value)
+            for tag, values in (histograms or {}).items():
+                tf.summary.histogram(tag, values)
+        if histograms:
+            self._writer.flush()
+
+    def close(self):
+        self._writer.flush()
+        self._writer.close()

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from keras_ortho import _validation
+
 
 def _import_matplotlib():
     try:
@@ -48,8 +50,8 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
             "Argument `source` must be an OrthoLogger or a dict {name: array (epochs, slices)}. "
             f"Received: source of type {type(source).__name__}"
         )
-    if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
-        raise ValueError(f"Argument `max_columns` must be an int >= 1. Received: max_columns={max_columns!r}")
+    max_columns = _validation.check_positive_int("max_columns", max_columns)
+    path = _validation.check_path("path", path)
     Figure, LogNorm = _import_matplotlib()
     errors = source if isinstance(source, dict) else source.errors
     if epochs is None and not isinstance(source, dict):

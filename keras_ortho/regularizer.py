@@ -1,10 +1,22 @@
 """`OrthoRegularizer`: the Keras adapter for `ortho_penalty`."""
 
+import sys
+import warnings
+
 import keras
 
 from keras_ortho import _ops, _validation
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode")
+
+try:  # Keras's own accessor; not exported, so its absence is handled (see `_weight_behind`)
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+except ImportError:  # pragma: no cover - depends on the Keras release
+    get_stateless_scope = None
+
+# How many callers up `_weight_behind` looks for the variable: Keras's
+# `Layer._get_regularization_losses` calls the regularizer directly.
+_CALLERS_SEARCHED = 4
 
 
 @keras.saving.register_keras_serializable(package="keras_ortho")
@@ -13,7 +25,8 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
     `loss = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk`, where `Phi_i` are the
     slices of the weight (see the README's slicing table); its gradient
-    `2 factor Phi_i sign(Phi_i^T Phi_i - I)` is supplied in closed form.
+    `2 factor Phi_i sign(Phi_i^T Phi_i - I)` is supplied in closed form to the
+    backend's autodiff (TensorFlow, JAX or PyTorch).
 
     Args:
         factor: real number >= 0, the weight of the penalty. Defaults to 0.01.
@@ -37,10 +50,13 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self.factor = _validation.check_factor(factor)
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
+        self._warned_shapes = set()
 
     def __call__(self, x):
-        _validation.check_keras_backend(type(self).__name__)
-        return _ops.ortho_penalty(x, self.factor, self.slice_axis, self.mode)
+        variable = _weight_behind(x, self)
+        path = None if variable is None else variable.path
+        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, path=path)
+        return _ops.penalty_of(tensor, plan, self.factor)
 
     def get_config(self):
         return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode}
@@ -63,3 +79,47 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             f"{type(self).__name__}(factor={self.factor!r}, "
             f"slice_axis={self.slice_axis!r}, mode={self.mode!r})"
         )
+
+
+def _weight_behind(x, regularizer):
+    """The Keras variable `x` is, or stands for; None for a tensor of the user's own.
+
+    Keras calls a regularizer with the variable, except inside its stateless
+    scope (`model.stateless_call`, and so JAX's `fit`), where it passes the
+    very tensor the scope maps the variable to. That variable is found by
+    identity among the locals of Keras's calling frame: a variable whose
+    regularizer is this one and whose value in the scope *is* `x`. Only the
+    per-layer rules (the attention output projection, per head) need it; when
+    Keras ever calls regularizers otherwise, a warning names the shape instead
+    of slicing it silently by the default rule.
+    """
+    if isinstance(x, keras.Variable):
+        return x
+    scope = get_stateless_scope() if get_stateless_scope is not None else None
+    if scope is not None:
+        frame = sys._getframe(2)
+        for _ in range(_CALLERS_SEARCHED):
+            if frame is None:
+                break
+            for value in frame.f_locals.values():
+                if (
+                    isinstance(value, keras.Variable)
+                    and value.regularizer is regularizer
+                    and scope.get_current_value(value) is x
+                ):
+                    return value
+            frame = frame.f_back
+    if scope is not None or get_stateless_scope is None:
+        shape = tuple(x.shape)
+        if shape not in regularizer._warned_shapes:
+            regularizer._warned_shapes.add(shape)
+            warnings.warn(
+                f"OrthoRegularizer was called with a tensor of shape {shape} that stands "
+                "for a weight it could not identify (this Keras release calls regularizers "
+                "in a way keras_ortho does not know). It slices the tensor by the default "
+                "rule for its rank, not by the weight's own (per head for a "
+                "MultiHeadAttention output projection); pass `slice_axis` to be explicit.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return None

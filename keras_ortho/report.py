@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from keras_ortho import _watch
+from keras_ortho import _validation, _watch
 
 PROG = "keras-ortho"
 
@@ -46,7 +46,7 @@ def measure(model, include_all=False, worst=3):
     watched = _watch.regularized_weights(model, include_all=include_all)
     if not watched:
         return []
-    _, errors = _watch.ErrorProbe(watched)()
+    errors = _watch.ErrorProbe(watched)()
     entries = []
     for w in watched:
         values = errors[w.path]
@@ -137,12 +137,9 @@ def run_report(args, out=None):
 
 def _positive_int(text):
     try:
-        value = int(text)
+        return _validation.check_positive_int("--worst", int(text))
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
 
 
 def build_parser():

@@ -1,0 +1,41 @@
+"""The few operations keras_ortho needs from each Keras backend.
+
+One module per backend, each with the same functions, as Keras lays out its own
+backends; the math in `keras_ortho._math` is written once on top of them and
+`keras.ops`, and never branches on the backend:
+
+* `to_tensor(w)`: a backend tensor of `w` (a Keras variable, array or tensor)
+  that the backend's autodiff follows back to the variable.
+* `gram(phi, mode)`: `Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows")
+  of a `(m, rows, cols)` stack or one `(rows, cols)` matrix.
+* `times_signs(phi, signs, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i` ("rows").
+* `with_gradient(phi, mode, forward, backward)`: `value` of
+  `forward(phi, mode) -> (value, saved)`, whose gradient with respect to `phi`
+  is `backward(phi, saved, mode, upstream)`: the backend's custom-gradient
+  mechanism, so that its autodiff never differentiates `forward`.
+* `compile(fn, jit_compile)`: `fn` compiled for repeated calls on tensors.
+* `is_chief(model)`: whether this process writes files in a multi-process run.
+"""
+
+import importlib
+
+import keras
+
+SUPPORTED = ("tensorflow", "jax", "torch")
+
+
+def current():
+    """The module of the running Keras backend.
+
+    Raises:
+        RuntimeError: for a backend without gradients (numpy, openvino), where
+            the penalty could never reach training.
+    """
+    name = keras.backend.backend()
+    if name not in SUPPORTED:
+        raise RuntimeError(
+            f"keras_ortho needs one of Keras's {', '.join(SUPPORTED)} backends "
+            f"(KERAS_BACKEND); this process runs Keras on backend={name!r}, which "
+            "cannot train, so its penalty would reach no gradient."
+        )
+    return importlib.import_module(f"keras_ortho._backend.{name}")

@@ -1,0 +1,59 @@
+"""JAX: `jax.custom_vjp`, and float32 products at full precision.
+
+On GPUs JAX may run float32 matmuls in TF32 (10-bit mantissa) by default. The
+penalty's gradient is `sign(G)`, and near orthonormal weights the entries of `G`
+are far below TF32's rounding of a Gram entry, so their signs would be noise:
+the products here ask for full precision, as TensorFlow and PyTorch compute
+float32 matmuls by default.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import keras
+
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def to_tensor(w):
+    return keras.ops.convert_to_tensor(w)
+
+
+def gram(phi, mode):
+    if mode == "columns":
+        return jnp.matmul(jnp.swapaxes(phi, -1, -2), phi, precision=_PRECISION)
+    return jnp.matmul(phi, jnp.swapaxes(phi, -1, -2), precision=_PRECISION)
+
+
+def times_signs(phi, signs, mode):
+    if mode == "columns":
+        return jnp.matmul(phi, signs, precision=_PRECISION)
+    return jnp.matmul(signs, phi, precision=_PRECISION)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def with_gradient(phi, mode, forward, backward):
+    return forward(phi, mode)[0]
+
+
+def _with_gradient_forward(phi, mode, forward, backward):
+    value, saved = forward(phi, mode)
+    return value, (phi, saved)
+
+
+def _with_gradient_backward(mode, forward, backward, residuals, upstream):
+    phi, saved = residuals
+    return (backward(phi, saved, mode, upstream),)
+
+
+with_gradient.defvjp(_with_gradient_forward, _with_gradient_backward)
+
+
+def compile(fn, jit_compile):
+    # JAX has no graph mode short of jit, and op-by-op dispatch is the slow path.
+    return jax.jit(fn)
+
+
+def is_chief(model):
+    return jax.process_index() == 0

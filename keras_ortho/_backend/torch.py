@@ -1,0 +1,57 @@
+"""PyTorch: a `torch.autograd.Function` with the analytic backward pass."""
+
+import keras
+import torch
+
+
+def to_tensor(w):
+    # A Keras variable becomes its torch Parameter, which autograd tracks; passed
+    # whole into a custom Function it would silently get no gradient.
+    return keras.ops.convert_to_tensor(w)
+
+
+def gram(phi, mode):
+    # torch.matmul keeps float64 in float64 (keras.ops.matmul computes it in float32).
+    if mode == "columns":
+        return torch.matmul(phi.mT, phi)
+    return torch.matmul(phi, phi.mT)
+
+
+def times_signs(phi, signs, mode):
+    if mode == "columns":
+        return torch.matmul(phi, signs)
+    return torch.matmul(signs, phi)
+
+
+class _WithGradient(torch.autograd.Function):
+    # One class at module level: torch.compile traces it as it is, with no
+    # closure over per-call functions.
+    @staticmethod
+    def forward(ctx, phi, mode, forward, backward):
+        value, saved = forward(phi, mode)
+        ctx.save_for_backward(phi, saved)
+        ctx.mode, ctx.backward_function = mode, backward
+        return value
+
+    @staticmethod
+    def backward(ctx, upstream):
+        phi, saved = ctx.saved_tensors
+        return ctx.backward_function(phi, saved, ctx.mode, upstream), None, None, None
+
+
+def with_gradient(phi, mode, forward, backward):
+    return _WithGradient.apply(phi, mode, forward, backward)
+
+
+def compile(fn, jit_compile):
+    # Measuring needs no graph: run eagerly, without recording for autograd.
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
+
+
+def is_chief(model):
+    distributed = torch.distributed
+    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0

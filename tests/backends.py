@@ -1,0 +1,84 @@
+"""What the tests need from the running Keras backend: numpy views, autodiff, compilation.
+
+The suite runs once per `KERAS_BACKEND`; a test that one backend cannot run
+says so with `only_on(...)`, naming why.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+
+
+def only_on(*backends, why):
+    return pytest.mark.skipif(BACKEND not in backends, reason=f"{why}; runs on {', '.join(backends)}")
+
+
+def to_numpy(x):
+    if hasattr(x, "detach"):  # a torch tensor that records gradients
+        x = x.detach()
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def value_and_grad(fn, w):
+    """`(fn(w), d fn / d w)` as numpy, `w` an array, through the backend's autodiff."""
+    w = np.asarray(w)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(w)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return to_numpy(value), to_numpy(tape.gradient(value, x))
+    if BACKEND == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(fn)(jax.numpy.asarray(w))
+        return to_numpy(value), to_numpy(grad)
+    import torch
+
+    x = torch.tensor(w, requires_grad=True)
+    value = fn(x)
+    value.backward()
+    return to_numpy(value), to_numpy(x.grad)
+
+
+def variable_grad(fn, variable):
+    """`d fn(variable) / d variable` of a Keras variable, as training computes it."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = fn(variable)
+        return to_numpy(tape.gradient(value, variable.value))
+    if BACKEND == "jax":
+        import jax
+
+        # JAX differentiates functions of values: Keras's stateless scope maps
+        # the variable to the traced value, as JAX's fit does.
+        def of_value(value):
+            with keras.StatelessScope([(variable, value)]):
+                return fn(variable)
+
+        return to_numpy(jax.grad(of_value)(variable.value))
+    parameter = variable.value
+    parameter.grad = None
+    fn(variable).backward()
+    return to_numpy(parameter.grad)
+
+
+def compiled(fn):
+    """`{name: fn compiled that way}` for each way the backend runs functions."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return {"graph": tf.function(fn), "xla": tf.function(fn, jit_compile=True)}
+    if BACKEND == "jax":
+        import jax
+
+        return {"jit": jax.jit(fn)}
+    import torch
+
+    return {"compile": torch.compile(fn)}
