@@ -9,10 +9,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_ortho
 import reference
+from backends import BACKEND, only_on, to_numpy
 from keras_ortho import OrthoLogger, OrthoRegularizer
 
 
@@ -27,7 +27,7 @@ class WeightSnapshots(keras.callbacks.Callback):
         regularized = [v for v in self.model.trainable_weights if v.regularizer is not None]
         losses = dict(zip((v.path for v in regularized), self.model.losses))
         return {
-            v.path: (v.numpy().copy(), v.regularizer, float(losses[v.path]) if v.path in losses else None)
+            v.path: (v.numpy().copy(), v.regularizer, float(to_numpy(losses[v.path])) if v.path in losses else None)
             for v in self.model.weights
         }
 
@@ -230,6 +230,7 @@ def test_backup_and_restore_resume_keeps_one_row_per_epoch(tmp_path):
     )
 
 
+@only_on("tensorflow", why="tf.distribute.MirroredStrategy is TensorFlow's")
 def test_mirrored_strategy_records_the_replicated_weights(mirrored):
     with mirrored.scope():
         model = attention_model()
@@ -262,6 +263,8 @@ def test_csv_logger_gets_the_ortho_columns(tmp_path):
 
 def read_events(directory):
     """`{tag: [(step, value or histogram bucket count)]}` from TensorBoard event files."""
+    import tensorflow as tf
+
     found = {}
     for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -414,7 +417,7 @@ def test_bad_watched_weights_fail_at_train_begin(weights, message):
 
 def test_non_float_weight_is_rejected():
     counter = keras.Variable(np.zeros((2, 2), "int32"), name="counts", trainable=False)
-    with pytest.raises(ValueError, match=r"Cannot watch weight '.*counts'.*dtype=int32"):
+    with pytest.raises(TypeError, match=r"Cannot watch weight '.*counts'.*dtype=int32"):
         OrthoLogger(weights=[counter])
 
 
@@ -431,13 +434,27 @@ def test_unwritable_log_dir_fails_at_train_begin(tmp_path):
     assert blocker.read_text().startswith("a file")
 
 
+@only_on("tensorflow", why="tf.Variable is TensorFlow's")
 def test_watched_slices_agree_with_slice_errors_for_a_plain_tf_variable():
     """Only a Keras path triggers the attention-output rule, in the logger as in slice_errors."""
+    import tensorflow as tf
+
     from keras_ortho import _watch
 
     w = np.random.default_rng(0).normal(size=(4, 3, 5)).astype("float32")
     variable = tf.Variable(w, name="mha/attention_output/kernel")
     watched = _watch.watch(variable)
-    _, errors = _watch.ErrorProbe([watched])()
+    errors = _watch.ErrorProbe([watched])()
     assert watched.num_slices == 3
-    np.testing.assert_allclose(errors[watched.path], keras_ortho.slice_errors(variable), rtol=1e-6)
+    np.testing.assert_allclose(errors[watched.path], to_numpy(keras_ortho.slice_errors(variable)), rtol=1e-6)
+
+
+def test_summaries_without_tensorflow_say_what_to_install(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"log_dir='logs'.*tensorflow.*`pip install tensorflow`"):
+        OrthoLogger(log_dir="logs")
