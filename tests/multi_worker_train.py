@@ -1,13 +1,14 @@
 """One worker of a MultiWorkerMirroredStrategy run, or the single-process baseline.
 
-    python tests/multi_worker_train.py OUT.npz      (TF_CONFIG set: one worker of
-                                                    the cluster; unset: one process)
+    python tests/multi_worker_train.py OUT.npz LOG_DIR   (TF_CONFIG set: one worker
+                                                         of the cluster; unset: one process)
 
 Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (upstream
 keras-team/keras#20585), so this is the custom training loop TensorFlow's guide
 describes: the model's losses include the OrthoRegularizer penalty, scaled once
 per global step with `tf.nn.scale_regularization_loss`, and OrthoLogger's hooks
-are called at each epoch end. Writes the final weights and the logger's record.
+are called at each epoch end, with TensorBoard summaries to LOG_DIR (which only
+the chief writes). Writes the final weights and the logger's record.
 """
 
 import os
@@ -24,7 +25,7 @@ import keras_ortho  # noqa: E402
 GLOBAL_BATCH, EPOCHS = 16, 2
 
 
-def main(out_path):
+def main(out_path, log_dir):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 12)).astype("float32")
@@ -60,7 +61,7 @@ def main(out_path):
 
         strategy.run(replica_step, args=(xb, yb))
 
-    logger = keras_ortho.OrthoLogger()
+    logger = keras_ortho.OrthoLogger(log_dir=log_dir)
     logger.set_model(model)
     logger.on_train_begin()
     for epoch in range(EPOCHS):
@@ -81,4 +82,4 @@ def main(out_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -16,8 +16,8 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from backends import BACKEND, only_on, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +64,7 @@ FRESH_LOADER = textwrap.dedent(
             if v.regularizer is not None
         }
         predictions = model.predict(inputs, verbose=0)
-        losses = np.array([float(loss) for loss in model.losses])
+        losses = np.array([float(keras.ops.convert_to_numpy(loss)) for loss in model.losses])
         before = [v.numpy().copy() for v in model.trainable_weights]
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
         history = model.fit(inputs, targets, epochs=1, verbose=0)
@@ -81,15 +81,16 @@ FRESH_LOADER = textwrap.dedent(
 )
 
 
-def run_fresh(script, *args, timeout=300):
-    return subprocess.run(
+def run_fresh(script, *args, timeout=300, backend=BACKEND):
+    result = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
-        check=True,
         timeout=timeout,
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend},
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_round_trip_predicts_the_same(saved, name):
 def test_round_trip_gives_the_same_regularization_loss(saved, name):
     model, _, _, loaded = saved
     np.testing.assert_allclose(
-        loaded[name]["losses"], [float(loss) for loss in model.losses], rtol=1e-6
+        loaded[name]["losses"], [float(to_numpy(loss)) for loss in model.losses], rtol=1e-6
     )
 
 
@@ -170,7 +171,7 @@ def test_clone_model_keeps_regularizers():
     inputs = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(clone.predict(inputs, verbose=0), model.predict(inputs, verbose=0), rtol=1e-6)
     np.testing.assert_allclose(
-        [float(v) for v in clone.losses], [float(v) for v in model.losses], rtol=1e-6
+        [float(to_numpy(v)) for v in clone.losses], [float(to_numpy(v)) for v in model.losses], rtol=1e-6
     )
     clone.compile(optimizer="sgd", loss="mse")
     assert np.isfinite(clone.fit(inputs, np.zeros((4, 5)), verbose=0).history["loss"][0])
@@ -191,14 +192,57 @@ SERVE_SAVED_MODEL = textwrap.dedent(
 )
 
 
+@only_on("tensorflow", why="model.export writes a TensorFlow SavedModel; on JAX it needs TensorFlow's jax2tf")
 def test_exported_saved_model_serves_the_same(tmp_path):
     model = mixed_layers_model()
     inputs = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype("float32")
     np.save(tmp_path / "inputs.npy", inputs)
     model.export(str(tmp_path / "exported"), verbose=False)
-    run_fresh(SERVE_SAVED_MODEL, tmp_path / "exported", tmp_path / "inputs.npy", tmp_path / "out.npy")
+    run_fresh(
+        SERVE_SAVED_MODEL, tmp_path / "exported", tmp_path / "inputs.npy", tmp_path / "out.npy",
+        backend="tensorflow",
+    )
     np.testing.assert_allclose(
         np.load(tmp_path / "out.npy"), model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+# --- Across backends -------------------------------------------------------------
+
+LOAD_ON_BACKEND = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    import keras_ortho
+
+    path, inputs_path, out_path = sys.argv[1:]
+    model = keras.saving.load_model(path, safe_mode=True)
+    np.savez(
+        out_path,
+        backend=keras.backend.backend(),
+        predictions=model.predict(np.load(inputs_path), verbose=0),
+        losses=np.array([float(keras.ops.convert_to_numpy(v)) for v in model.losses]),
+        configs=json.dumps(
+            {v.path: v.regularizer.get_config() for v in model.trainable_weights if v.regularizer}
+        ),
+    )
+    """
+)
+
+
+@pytest.mark.parametrize("target", ["tensorflow", "jax", "torch"])
+def test_keras_archive_loads_on_every_backend(saved, tmp_path, target):
+    """Saved on this backend, loaded on each: same configs, predictions and penalty."""
+    model, inputs, directory, _ = saved
+    out = tmp_path / "loaded.npz"
+    run_fresh(LOAD_ON_BACKEND, directory / "model.keras", directory / "inputs.npy", out, backend=target)
+    loaded = np.load(out)
+    assert str(loaded["backend"]) == target
+    assert json.loads(str(loaded["configs"])) == regularizer_configs(model)
+    np.testing.assert_allclose(loaded["predictions"], model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded["losses"], [float(to_numpy(v)) for v in model.losses], rtol=1e-5
     )
 
 
@@ -259,20 +303,22 @@ def test_malformed_config_in_json_fails_loudly():
 # --- Resume -----------------------------------------------------------------------
 
 
-# Runs in its own process: op determinism, once enabled, stays on for the process.
+# Runs in its own process: TensorFlow's op determinism, once enabled, stays on for the process.
 RESUME_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
     import keras
-    import tensorflow as tf
     import keras_ortho
 
     directory, tests_dir = sys.argv[1:]
     sys.path.insert(0, tests_dir)
     from models import mixed_layers_model
 
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(3)
     x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
     y = rng.normal(size=(32, 5)).astype("float32")
