@@ -91,7 +91,7 @@ def build_model(factor):
 def per_head(model, layer="block0_attention"):
     """Per-head error of each projection kernel of one attention layer."""
     return {
-        v.path: keras_ortho.slice_errors(v).numpy()
+        v.path: keras.ops.convert_to_numpy(keras_ortho.slice_errors(v))
         for v in model.get_layer(layer).trainable_weights
         if v.path.endswith("kernel")
     }
