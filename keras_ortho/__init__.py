@@ -3,6 +3,15 @@
     L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
 """
 
+try:
+    import keras  # noqa: F401  (loads the backend KERAS_BACKEND names)
+except ModuleNotFoundError as error:
+    raise ImportError(
+        f"keras_ortho: Keras could not load its backend ({error}). Install one: "
+        "`pip install 'keras-ortho[tensorflow]'` (Keras's default backend), or "
+        "`pip install 'keras-ortho[jax]'` / `'keras-ortho[torch]'` with KERAS_BACKEND=jax / torch."
+    ) from error
+
 from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
 from keras_ortho.logger import OrthoLogger
 from keras_ortho.plotting import plot_errors

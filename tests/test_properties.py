@@ -1,0 +1,33 @@
+"""Property: for any weight of rank 2 to 5, slice axis and mode, value and gradient match the reference."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import keras_ortho
+import reference
+from backends import value_and_grad
+
+
+@st.composite
+def weights_and_options(draw):
+    rank = draw(st.integers(2, 5))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=rank, max_size=rank)))
+    slice_axis = draw(st.one_of(st.none(), st.integers(-rank, rank - 1)))
+    mode = draw(st.sampled_from(["auto", "columns", "rows"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    w = np.random.default_rng(seed).normal(scale=0.7, size=shape)
+    return w, slice_axis, mode
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights_and_options(), st.floats(0.0, 3.0))
+def test_value_and_gradient_match_the_reference(case, factor):
+    w, slice_axis, mode = case
+    value, grad = value_and_grad(
+        lambda x: keras_ortho.ortho_penalty(x, factor, slice_axis=slice_axis, mode=mode), w
+    )
+    np.testing.assert_allclose(value, reference.penalty(w, factor, slice_axis, mode), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        grad, reference.gradient(w, factor, slice_axis, mode), rtol=1e-10, atol=1e-12
+    )
