@@ -50,11 +50,17 @@ def median_times(variants, rounds, calls=1, warmup=2):
     }
 
 
-def machine_stamp():
-    """What the figures were measured on."""
-    import keras
-    import tensorflow as tf
+def _version(package):
+    from importlib import metadata
 
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_stamp():
+    """What the figures were measured on (without importing any backend)."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -64,16 +70,12 @@ def machine_stamp():
                     break
     except OSError:
         pass
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "gpus": gpus,
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
+        **{name: _version(name) for name in ("keras", "tensorflow", "jax", "torch", "numpy")},
     }
 
 

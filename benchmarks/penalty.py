@@ -1,4 +1,7 @@
-"""Penalty plus gradient: ours against autodiff, Keras, and the matmul floor.
+"""TensorFlow in depth: penalty plus gradient against autodiff, Keras, and the matmul floor.
+
+The same shapes as `backend_penalty` (which compares the backends), here in
+every TensorFlow execution mode (graph, XLA, eager) and in bfloat16 too.
 
 For each kernel shape the variants compute the penalty and its gradient with
 respect to a `tf.Variable` holding the kernel:
@@ -25,40 +28,19 @@ import keras
 import tensorflow as tf
 
 import keras_ortho
-from keras_ortho import _ops
+from keras_ortho import _math, _ops
+from keras_ortho._backend import tensorflow as tf_backend
 from keras_ortho._slicing import plan_slices
 
+from backend_penalty import CORE_SHAPES, FACTOR, LAYER_SHAPES, QUICK_SHAPES, slice_axis_for, flops
 from harness import median_times
-
-# (label, shape): the issue's core shapes, then kernels users have.
-CORE_SHAPES = [
-    ("(512, 8, 512)", (512, 8, 512)),
-    ("(1024, 16, 256)", (1024, 16, 256)),
-    ("(2048, 1024)", (2048, 1024)),
-]
-LAYER_SHAPES = [
-    ("Dense 1024x1024", (1024, 1024)),
-    ("Dense 4096x1024", (4096, 1024)),
-    ("Conv 3x3x256x256", (3, 3, 256, 256)),
-    ("MHA query 768x12x64", (768, 12, 64)),
-    ("MHA output 12x64x768", (12, 64, 768)),
-    ("Embedding 50000x256", (50000, 256)),
-]
-QUICK_SHAPES = [("Dense 256x128", (256, 128)), ("MHA query 128x4x32", (128, 4, 32))]
-
-FACTOR = 0.01
-
-
-def _slice_axis(label):
-    # The output projection is sliced per head (axis 0) as its variable path
-    # would make the default do; here the variable has no Keras path.
-    return 0 if label.startswith("MHA output") else None
 
 
 def autodiff_penalty(w, slice_axis):
     """The same penalty, differentiated by the tape through matmul and abs."""
-    tensor, plan, compute_dtype = _ops._prepare(w, slice_axis, "auto")
-    stack = _ops._to_stack(tensor, plan, compute_dtype)
+    tensor, plan = _ops.prepare(w, slice_axis, "auto")
+    compute_dtype = _ops.compute_dtype(tensor.dtype)
+    stack = _ops.to_stack(tensor, plan)
     if plan.mode == "columns":
         gram = tf.linalg.matmul(stack, stack, adjoint_a=True)
     else:
@@ -78,12 +60,12 @@ def _value_and_grad(penalty, variable):
 
 @contextlib.contextmanager
 def _gram_block(size):
-    saved = _ops._GRAM_BLOCK
-    _ops._GRAM_BLOCK = size
+    saved = tf_backend._GRAM_BLOCK
+    tf_backend._GRAM_BLOCK = size
     try:
         yield
     finally:
-        _ops._GRAM_BLOCK = saved
+        tf_backend._GRAM_BLOCK = saved
 
 
 def _with_gram_block(fn, size):
@@ -105,17 +87,10 @@ def _compile(fn, execution):
     return tf.function(fn, jit_compile=execution == "xla")
 
 
-def flops(plan):
-    """Multiply-adds x 2 of the Gram and of the gradient product."""
-    other = plan.rows if plan.mode == "columns" else plan.cols
-    return 2 * (2 * plan.num_slices * plan.gram_size**2 * other)
-
-
 def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=False):
-    slice_axis = _slice_axis(label)
+    slice_axis = slice_axis_for(label)
     plan = plan_slices(shape, slice_axis)
     variable = tf.Variable(tf.cast(tf.random.normal(shape, stddev=shape[0] ** -0.5), dtype))
-    compute_dtype = tf.float32 if variable.dtype.size < 4 else variable.dtype
 
     variants = {
         "ours": _compile(
@@ -128,7 +103,7 @@ def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=
             _value_and_grad(lambda v: autodiff_penalty(v, slice_axis), variable), execution
         ),
     }
-    if block_variants and plan.gram_size >= _ops._BLOCKED_FROM:
+    if block_variants and plan.gram_size >= tf_backend._BLOCKED_FROM:
         for name, size in BLOCK_VARIANTS.items():
             ours = _value_and_grad(
                 lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), variable
@@ -144,8 +119,8 @@ def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=
             failed["keras"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1].strip()}"
             del variants["keras"]
 
-    stack = _ops._to_stack(tf.convert_to_tensor(variable), plan, compute_dtype)
-    signs = tf.sign(_ops.gram_residual(stack, plan.mode))
+    stack = _ops.to_stack(tf.convert_to_tensor(variable), plan)
+    signs = tf.sign(_math.gram_residual(stack, plan.mode))
     if plan.mode == "columns":
         floor = lambda: (  # noqa: E731
             tf.linalg.matmul(stack, stack, adjoint_a=True),

@@ -33,11 +33,40 @@ def penalty_table(section, only=None):
     return markdown_table(headers, rows) + note
 
 
-def yardstick(section):
+def yardstick(section, name="tf.matmul"):
     n = section["matmul_size"]
-    return f"Plain square `tf.matmul` ({n}x{n} by {n}x{n}) in the same run: " + ", ".join(
+    return f"Plain square `{name}` ({n}x{n} by {n}x{n}) in the same run: " + ", ".join(
         f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in section["matmul_gflops"].items()
     ) + "."
+
+
+EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
+
+
+def backends_table(by_backend):
+    """One row per kernel; per backend: ours ms, ours/autodiff, ours/floor (bold: target missed)."""
+    backends = list(by_backend)
+    headers = ["kernel", "slices x Gram"] + [
+        f"{b} ({EXECUTION[b]}): {c}" for b in backends for c in ("ours ms", "/autodiff", "/floor")
+    ]
+    kernels = [r["kernel"] for r in by_backend[backends[0]]["rows"]]
+    rows = []
+    for kernel in kernels:
+        cells = None
+        for b in backends:
+            r = next(r for r in by_backend[b]["rows"] if r["kernel"] == kernel)
+            cells = cells or [kernel, f"{r['slices']} x {r['mode']}"]
+            auto, floor = r["ours/autodiff"], r["ours/floor"]
+            cells += [
+                f"{r['ms']['ours']:.2f}",
+                f"**{auto:.2f}**" if auto > TARGET_AUTODIFF else f"{auto:.2f}",
+                f"**{floor:.2f}**" if floor > TARGET_FLOOR else f"{floor:.2f}",
+            ]
+        rows.append(cells)
+    sticks = " ".join(
+        f"{b}: " + yardstick(by_backend[b], "matmul") for b in backends
+    )
+    return markdown_table(headers, rows) + "\n\n" + sticks
 
 
 def blocks_table(section):
@@ -98,31 +127,42 @@ def huge_table(section):
     )
 
 
+def versions(m):
+    names = {"keras": "Keras", "tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+    return ", ".join(f"{label} {m[key]}" for key, label in names.items() if m.get(key))
+
+
 def markdown(results):
     m = results["machine"]
     parts = [
         "# keras_ortho benchmark results",
         "",
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores"
-        + (f", GPUs {m['gpus']}" if m["gpus"] else ", no GPU")
-        + f"), Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}."
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, no GPU), Python {m['python']}, "
+        + versions(m) + "."
         + (" Quick mode: tiny sizes, few rounds; not for quoting." if results["quick"] else ""),
         "",
-        "Medians over interleaved rounds in one process; ratios are of medians. "
+        "Medians over interleaved rounds in one process per backend; ratios are of medians. "
         f"Targets: ours/autodiff <= {TARGET_AUTODIFF}, ours/floor <= {TARGET_FLOOR}.",
         "",
     ]
+    if results.get("backends"):
+        parts += [
+            "## Penalty plus gradient on each backend, float32", "",
+            "TensorFlow in graph mode (`tf.function`), JAX under `jax.jit`, PyTorch eagerly; "
+            "each backend in its own process.", "",
+            backends_table(results["backends"]), "",
+        ]
     if "penalty" in results:
         section = results["penalty"]
         parts += [
-            "## Penalty plus gradient, float32, graph mode", "",
+            "## TensorFlow: penalty plus gradient, float32, graph mode", "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) == ("float32", "graph")),
             "", yardstick(section), "",
             "### Symmetric Gram: block side", "",
             "Grams of side >= 1024 are built from their upper block triangle "
-            "(`keras_ortho/_ops.py`); the same penalty and gradient with other block sides:",
+            "(`keras_ortho/_backend/tensorflow.py`); the same penalty and gradient with other block sides:",
             "", blocks_table(section), "",
-            "## Penalty plus gradient, other dtypes and execution modes", "",
+            "## TensorFlow: penalty plus gradient, other dtypes and execution modes", "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) != ("float32", "graph")),
             "",
         ]
@@ -139,11 +179,25 @@ def chart(results, path):
     """Ratios of the headline configuration and the training-step overheads."""
     from matplotlib.figure import Figure
 
-    panels = [k for k in ("penalty", "training") if k in results]
-    figure = Figure(figsize=(13, 4.6), layout="constrained")
+    panels = [k for k in ("backends", "penalty", "training") if results.get(k)]
+    figure = Figure(figsize=(6.5 * len(panels), 4.6), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, key in zip(axes, panels):
-        if key == "penalty":
+        if key == "backends":
+            by_backend = results["backends"]
+            labels = [r["kernel"] for r in next(iter(by_backend.values()))["rows"]]
+            width = 0.8 / len(by_backend)
+            for j, (backend, section) in enumerate(by_backend.items()):
+                ax.barh([i + (j - (len(by_backend) - 1) / 2) * width for i in range(len(labels))],
+                        [r["ours/floor"] for r in section["rows"]], width, label=f"{backend} ({EXECUTION[backend]})")
+            ax.axvline(TARGET_FLOOR, color="black", linestyle="--", linewidth=1)
+            ax.axvline(1.0, color="grey", linewidth=0.8)
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel("ours / matmul floor (lower is faster); dashed: target")
+            ax.set_title("penalty + gradient, float32, per backend")
+            ax.legend(fontsize=8, loc="lower right")
+        elif key == "penalty":
             rows = [r for r in results["penalty"]["rows"]
                     if (r["dtype"], r["execution"]) == ("float32", "graph")] or results["penalty"]["rows"]
             labels = [r["kernel"] for r in rows]
@@ -172,6 +226,6 @@ def chart(results, path):
             ax.set_title("training step")
             ax.legend(fontsize=8)
     m = results["machine"]
-    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, {m['date']}",
+    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {m['date']}",
                     fontsize=10)
     figure.savefig(path, dpi=100)

@@ -1,0 +1,196 @@
+"""Penalty plus gradient on the running Keras backend: ours, autodiff and the floor.
+
+The same kernel shapes on every backend, each compiled as its users run it:
+TensorFlow in graph mode (`tf.function`), JAX under `jax.jit`, PyTorch eagerly.
+
+* `ours`: `keras_ortho.ortho_penalty` and its gradient through the backend's
+  autodiff (the analytic gradient through its custom-gradient mechanism).
+* `autodiff`: the same formula, same slicing, differentiated by the autodiff.
+* `floor`: the two bare products any implementation performs, the Gram and the
+  gradient product, on inputs already laid out as a `(num_slices, rows, cols)`
+  stack in the compute dtype.
+
+Used by `run.py` (one process per backend) and by `gpu_check.py`.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_ortho
+from keras_ortho import _ops
+from keras_ortho._slicing import plan_slices
+
+from harness import median_times
+
+# (label, shape): the three core shapes, then kernels users have.
+CORE_SHAPES = [
+    ("(512, 8, 512)", (512, 8, 512)),
+    ("(1024, 16, 256)", (1024, 16, 256)),
+    ("(2048, 1024)", (2048, 1024)),
+]
+LAYER_SHAPES = [
+    ("Dense 1024x1024", (1024, 1024)),
+    ("Dense 4096x1024", (4096, 1024)),
+    ("Conv 3x3x256x256", (3, 3, 256, 256)),
+    ("MHA query 768x12x64", (768, 12, 64)),
+    ("MHA output 12x64x768", (12, 64, 768)),
+    ("Embedding 50000x256", (50000, 256)),
+]
+QUICK_SHAPES = [("Dense 256x128", (256, 128)), ("MHA query 128x4x32", (128, 4, 32))]
+EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
+
+FACTOR = 0.01
+
+
+def slice_axis_for(label):
+    # The output projection is sliced per head (axis 0) as its variable path
+    # would make the default do; here the weight has no Keras path.
+    return 0 if label.startswith("MHA output") else None
+
+
+def _swap(x):
+    return ops.swapaxes(x, -1, -2)
+
+
+def products(stack, signs, mode):
+    """The floor's two products, written as plain matmuls."""
+    if mode == "columns":
+        return ops.matmul(_swap(stack), stack), ops.matmul(stack, signs)
+    return ops.matmul(stack, _swap(stack)), ops.matmul(signs, stack)
+
+
+def autodiff_penalty(w, plan):
+    """The same penalty through plain matmul and abs, for the autodiff to differentiate."""
+    stack = _ops.to_stack(w, plan)
+    gram = ops.matmul(_swap(stack), stack) if plan.mode == "columns" else ops.matmul(stack, _swap(stack))
+    residual = gram - ops.eye(plan.gram_size, dtype=gram.dtype)
+    return ops.cast(FACTOR * ops.sum(ops.abs(residual)), w.dtype)
+
+
+def _value_and_grad(penalty, w):
+    """A zero-argument callable computing `penalty(w)` and its gradient, as the backend runs it."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        variable = tf.Variable(w)
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                value = penalty(variable)
+            return value, tape.gradient(value, variable)
+
+        return run
+    if backend == "jax":
+        import jax
+
+        step = jax.jit(jax.value_and_grad(penalty))
+        return lambda: jax.block_until_ready(step(w))
+    import torch
+
+    leaf = w.detach().clone().requires_grad_(True)
+
+    def run():
+        leaf.grad = None
+        value = penalty(leaf)
+        value.backward()
+        return value, leaf.grad
+
+    return run
+
+
+def _compiled(fn, *args):
+    """A zero-argument callable running `fn(*args)` compiled; the args stay arguments,
+    so that no compiler folds the work away as constants."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        function = tf.function(fn)
+        return lambda: function(*args)
+    if backend == "jax":
+        import jax
+
+        jitted = jax.jit(fn)
+        return lambda: jax.block_until_ready(jitted(*args))
+    return lambda: fn(*args)
+
+
+def _synced(fn):
+    """`fn` that returns only once the device has finished (CUDA runs asynchronously)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            def run():
+                out = fn()
+                torch.cuda.synchronize()
+                return out
+
+            return run
+    return fn
+
+
+def flops(plan):
+    """Multiply-adds x 2 of the Gram and of the gradient product."""
+    other = plan.rows if plan.mode == "columns" else plan.cols
+    return 2 * (2 * plan.num_slices * plan.gram_size**2 * other)
+
+
+def measure_shape(label, shape, dtype, rounds, calls, seed=0):
+    slice_axis = slice_axis_for(label)
+    plan = plan_slices(shape, slice_axis)
+    rng = np.random.default_rng(seed)
+    w = ops.cast(ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32")), dtype)
+    stack = _ops.to_stack(w, plan)
+    signs = ops.sign(_swap(stack) @ stack if plan.mode == "columns" else stack @ _swap(stack))
+    variants = {
+        "ours": _value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), w),
+        "autodiff": _value_and_grad(lambda v: autodiff_penalty(v, plan), w),
+        "floor": _compiled(lambda a, b: products(a, b, plan.mode), stack, signs),
+    }
+    times = median_times({name: _synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)
+    ms = {name: t["median_s"] * 1e3 for name, t in times.items()}
+    return {
+        "kernel": label,
+        "shape": list(shape),
+        "dtype": dtype,
+        "backend": keras.backend.backend(),
+        "execution": EXECUTION[keras.backend.backend()],
+        "slices": plan.num_slices,
+        "mode": plan.mode,
+        "ms": ms,
+        "iqr_ms": {name: t["iqr_s"] * 1e3 for name, t in times.items()},
+        "ours/autodiff": ms["ours"] / ms["autodiff"],
+        "ours/floor": ms["ours"] / ms["floor"],
+        "ours_gflops": flops(plan) / ms["ours"] / 1e6,
+        "floor_gflops": flops(plan) / ms["floor"] / 1e6,
+    }
+
+
+def plain_matmul_gflops(dtype, size, rounds, calls):
+    """GFLOP/s of one square matmul on this backend and device, the yardstick."""
+    a = ops.cast(ops.convert_to_tensor(np.random.default_rng(1).normal(size=(size, size)).astype("float32")), dtype)
+    matmul = _synced(_compiled(ops.matmul, a, a))
+    seconds = median_times({"matmul": matmul}, rounds=rounds, calls=calls)["matmul"]["median_s"]
+    return 2 * size**3 / seconds / 1e9
+
+
+def run(quick, dtypes=("float32",), log=print):
+    """Every shape in each dtype on the running backend; rows and the matmul yardstick."""
+    shapes = QUICK_SHAPES if quick else CORE_SHAPES + LAYER_SHAPES
+    rounds, calls = (2, 1) if quick else (11, 3)
+    size = 256 if quick else 1024
+    rows = []
+    for dtype in dtypes:
+        for label, shape in shapes:
+            row = measure_shape(label, shape, dtype, rounds, calls)
+            log(
+                f"  {row['backend']:<10} {label:<22} {dtype:<8} ours {row['ms']['ours']:8.2f} ms"
+                f"  ours/autodiff {row['ours/autodiff']:.2f}  ours/floor {row['ours/floor']:.2f}"
+            )
+            rows.append(row)
+    yardstick = {dtype: plain_matmul_gflops(dtype, size, 3 if quick else 11, 3) for dtype in dtypes}
+    return {"rows": rows, "matmul_gflops": yardstick, "matmul_size": size}
