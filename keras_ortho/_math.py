@@ -13,7 +13,8 @@ the backend's autodiff through its custom-gradient mechanism and reuses the
 forward pass's `G_i`, so training never differentiates through the Gram matrix
 nor builds it twice.
 
-Written once in `keras.ops` and the backend's two products (`_backend`).
+Written once in `keras.ops` over the backend's Gram, `minus_identity` and sign
+product (`_backend`).
 """
 
 from keras import ops
@@ -31,8 +32,8 @@ def gram_residual(phi, mode):
     Returns:
         `(m, k, k)` residuals (`(k, k)` for one matrix), `k = cols` or `rows`.
     """
-    product = _backend.current().gram(phi, mode)
-    return product - ops.eye(product.shape[-1], dtype=product.dtype)
+    backend = _backend.current()
+    return backend.minus_identity(backend.gram(phi, mode))
 
 
 def slice_sums(residual):

@@ -8,6 +8,7 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   that the backend's autodiff follows back to the variable.
 * `gram(phi, mode)`: `Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows")
   of a `(m, rows, cols)` stack or one `(rows, cols)` matrix.
+* `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.
 * `times_signs(phi, signs, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i` ("rows").
 * `with_gradient(phi, mode, forward, backward)`: `value` of
   `forward(phi, mode) -> (value, saved)`, whose gradient with respect to `phi`

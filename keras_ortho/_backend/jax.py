@@ -26,6 +26,11 @@ def gram(phi, mode):
     return jnp.matmul(phi, jnp.swapaxes(phi, -1, -2), precision=_PRECISION)
 
 
+def minus_identity(gram):
+    # XLA fuses the subtraction into one pass over the Gram.
+    return gram - jnp.eye(gram.shape[-1], dtype=gram.dtype)
+
+
 def times_signs(phi, signs, mode):
     if mode == "columns":
         return jnp.matmul(phi, signs, precision=_PRECISION)

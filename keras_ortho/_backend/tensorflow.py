@@ -49,6 +49,10 @@ def gram(phi, mode):
     return tf.concat(block_rows, axis=-2)
 
 
+def minus_identity(gram):
+    return tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) - 1)
+
+
 def times_signs(phi, signs, mode):
     if mode == "columns":
         return tf.linalg.matmul(phi, signs)

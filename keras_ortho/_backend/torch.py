@@ -17,6 +17,13 @@ def gram(phi, mode):
     return torch.matmul(phi, phi.mT)
 
 
+def minus_identity(gram):
+    # In place, on the diagonal only: eager PyTorch would otherwise allocate an
+    # identity and a second Gram-sized result.
+    gram.diagonal(dim1=-2, dim2=-1).sub_(1)
+    return gram
+
+
 def times_signs(phi, signs, mode):
     if mode == "columns":
         return torch.matmul(phi, signs)
