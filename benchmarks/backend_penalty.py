@@ -152,13 +152,18 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
         "floor": _compiled(lambda a, b: products(a, b, plan.mode), stack, signs),
     }
     times = median_times({name: _synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)
+    return penalty_row(label, shape, dtype, EXECUTION[keras.backend.backend()], plan, times)
+
+
+def penalty_row(label, shape, dtype, execution, plan, times):
+    """One result row from `median_times` of the variants `ours`, `autodiff` and `floor` (and others)."""
     ms = {name: t["median_s"] * 1e3 for name, t in times.items()}
     return {
         "kernel": label,
         "shape": list(shape),
         "dtype": dtype,
         "backend": keras.backend.backend(),
-        "execution": EXECUTION[keras.backend.backend()],
+        "execution": execution,
         "slices": plan.num_slices,
         "mode": plan.mode,
         "ms": ms,

@@ -32,7 +32,7 @@ from keras_ortho import _math, _ops
 from keras_ortho._backend import tensorflow as tf_backend
 from keras_ortho._slicing import plan_slices
 
-from backend_penalty import CORE_SHAPES, FACTOR, LAYER_SHAPES, QUICK_SHAPES, slice_axis_for, flops
+from backend_penalty import CORE_SHAPES, FACTOR, LAYER_SHAPES, QUICK_SHAPES, penalty_row, slice_axis_for
 from harness import median_times
 
 
@@ -134,22 +134,9 @@ def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=
     variants["floor"] = _compile(floor, execution)
 
     times = median_times(variants, rounds=rounds, calls=calls)
-    ms = {name: t["median_s"] * 1e3 for name, t in times.items()}
-    row = {
-        "kernel": label,
-        "shape": list(shape),
-        "dtype": dtype,
-        "execution": execution,
-        "slices": plan.num_slices,
-        "mode": plan.mode,
-        "ms": ms,
-        "iqr_ms": {name: t["iqr_s"] * 1e3 for name, t in times.items()},
-        "ours/autodiff": ms["ours"] / ms["autodiff"],
-        "ours/floor": ms["ours"] / ms["floor"],
-        "ours_gflops": flops(plan) / ms["ours"] / 1e6,
-        "failed": failed,
-        "floor_gflops": flops(plan) / ms["floor"] / 1e6,
-    }
+    row = penalty_row(label, shape, dtype, execution, plan, times)
+    row["failed"] = failed
+    ms = row["ms"]
     if "keras" in ms:
         row["ours/keras"] = ms["ours"] / ms["keras"]
     for name in BLOCK_VARIANTS:
