@@ -109,7 +109,9 @@ class ErrorProbe:
         """Returns `{path: per-slice errors}` of the weights' current values (float64)."""
         if not self.watched:
             return {}
-        to_tensor = _backend.current().to_tensor
-        vector = ops.convert_to_numpy(self._function(*(to_tensor(w.variable) for w in self.watched)))
+        # A Keras variable's backend variable (TensorFlow) or array: the
+        # compiled function reads it itself, with no read op per weight first.
+        values = (w.variable.value if isinstance(w.variable, keras.Variable) else w.variable for w in self.watched)
+        vector = ops.convert_to_numpy(self._function(*values))
         chunks = np.split(vector.astype(np.float64), np.cumsum(self._sizes)[:-1])
         return {w.path: chunk for w, chunk in zip(self.watched, chunks)}
