@@ -51,7 +51,6 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
             f"Received: source of type {type(source).__name__}"
         )
     max_columns = _validation.check_positive_int("max_columns", max_columns)
-    path = _validation.check_path("path", path)
     Figure, LogNorm = _import_matplotlib()
     errors = source if isinstance(source, dict) else source.errors
     if epochs is None and not isinstance(source, dict):

@@ -321,6 +321,14 @@ def test_plot_accepts_a_dict_of_errors(tmp_path):
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["5", "6"]
 
 
+def test_plot_saves_to_a_file_object_as_matplotlib_does():
+    import io
+
+    buffer = io.BytesIO()
+    keras_ortho.plot_errors({"a": np.array([[1.0, 0.5]])}, buffer)
+    assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_without_matplotlib_says_what_to_install(monkeypatch):
     import sys
 
