@@ -18,10 +18,10 @@ import numpy as np
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _ops
+from keras_ortho import _math, _ops
 from keras_ortho._slicing import plan_slices
 
-from harness import median_times
+from harness import EXECUTION, median_times
 
 # (label, shape): the three core shapes, then kernels users have.
 CORE_SHAPES = [
@@ -38,7 +38,6 @@ LAYER_SHAPES = [
     ("Embedding 50000x256", (50000, 256)),
 ]
 QUICK_SHAPES = [("Dense 256x128", (256, 128)), ("MHA query 128x4x32", (128, 4, 32))]
-EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
 
 FACTOR = 0.01
 
@@ -145,7 +144,7 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
     rng = np.random.default_rng(seed)
     w = ops.cast(ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32")), dtype)
     stack = _ops.to_stack(w, plan)
-    signs = ops.sign(_swap(stack) @ stack if plan.mode == "columns" else stack @ _swap(stack))
+    signs = ops.sign(_math.gram_residual(stack, plan.mode))
     variants = {
         "ours": _value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), w),
         "autodiff": _value_and_grad(lambda v: autodiff_penalty(v, plan), w),

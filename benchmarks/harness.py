@@ -13,6 +13,9 @@ import time
 
 import numpy as np
 
+# How each Keras backend's figures are run: graph mode, jit, eager.
+EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
+
 
 def median_times(variants, rounds, calls=1, warmup=2):
     """Median seconds per call of each variant, timed interleaved.

@@ -1,6 +1,6 @@
 """Markdown tables and the PNG chart of the benchmark results."""
 
-from harness import markdown_table
+from harness import EXECUTION, markdown_table
 
 TARGET_AUTODIFF, TARGET_FLOOR = 0.70, 1.10
 
@@ -38,9 +38,6 @@ def yardstick(section, name="tf.matmul"):
     return f"Plain square `{name}` ({n}x{n} by {n}x{n}) in the same run: " + ", ".join(
         f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in section["matmul_gflops"].items()
     ) + "."
-
-
-EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
 
 
 def backends_table(by_backend):
