@@ -16,12 +16,16 @@ from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
 from keras_ortho.logger import OrthoLogger
 from keras_ortho.plotting import plot_errors
 from keras_ortho.regularizer import OrthoRegularizer
+from keras_ortho.schedule import OrthoSchedule
+from keras_ortho.target import OrthoTarget
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OrthoLogger",
     "OrthoRegularizer",
+    "OrthoSchedule",
+    "OrthoTarget",
     "ortho_gradient",
     "ortho_penalty",
     "plot_errors",

@@ -13,17 +13,22 @@ from keras_ortho._slicing import MODES
 
 def check_factor(factor):
     """`factor` must be a real, finite number >= 0 (bool is refused)."""
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+    return check_non_negative("factor", factor)
+
+
+def check_non_negative(name, value, positive=False):
+    """`value` must be a real, finite number >= 0 (> 0 with `positive`); bool is refused."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            "Argument `factor` must be a real number >= 0. "
-            f"Received: factor={factor!r} of type {type(factor).__name__}"
+            f"Argument `{name}` must be a real number {bound}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
         )
-    if not math.isfinite(factor) or factor < 0:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(
-            "Argument `factor` must be a finite number >= 0. "
-            f"Received: factor={factor!r}"
+            f"Argument `{name}` must be a finite number {bound}. Received: {name}={value!r}"
         )
-    return float(factor)
+    return float(value)
 
 
 def check_slice_axis(slice_axis):

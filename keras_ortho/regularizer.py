@@ -51,12 +51,18 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
         self._warned_shapes = set()
+        # The scale variable of an attached OrthoSchedule/OrthoTarget (see `_scale`);
+        # not configuration: `get_config` never carries it.
+        self._scale = None
 
     def __call__(self, x):
         variable = _weight_behind(x, self)
         path = None if variable is None else variable.path
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, path=path)
-        return _ops.penalty_of(tensor, plan, self.factor)
+        penalty = _ops.penalty_of(tensor, plan, self.factor)
+        if self._scale is not None:
+            penalty = penalty * keras.ops.cast(self._scale, penalty.dtype)
+        return penalty
 
     def get_config(self):
         return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode}

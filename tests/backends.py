@@ -4,6 +4,10 @@ The suite runs once per `KERAS_BACKEND`; a test that one backend cannot run
 says so with `only_on(...)`, naming why.
 """
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -82,3 +86,16 @@ def compiled(fn):
     import torch
 
     return {"compile": torch.compile(fn)}
+
+
+def run_fresh(script, *args, timeout=300, backend=BACKEND):
+    """Runs `python -c script args...` in a fresh process on `backend`; fails the test on an error."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

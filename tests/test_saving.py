@@ -9,7 +9,6 @@ training step.
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import zipfile
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from backends import BACKEND, only_on, to_numpy
+from backends import BACKEND, only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -80,18 +79,6 @@ FRESH_LOADER = textwrap.dedent(
         )
     """
 )
-
-
-def run_fresh(script, *args, timeout=300, backend=BACKEND):
-    result = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        timeout=timeout,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

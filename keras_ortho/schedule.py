@@ -1,0 +1,69 @@
+"""`OrthoSchedule`: the strength of every OrthoRegularizer of a model, set per epoch."""
+
+import numbers
+
+from keras_ortho import _scale, _validation
+
+
+class OrthoSchedule(_scale.ScaleCallback):
+    """Scales every OrthoRegularizer of the model by `schedule(epoch)` during `fit`.
+
+    While attached, each regularizer's loss is `factor * scale * sum_i |G_i|`,
+    with the scale of the running epoch; it takes effect inside compiled
+    training on every backend (graph, XLA, `jax.jit`, `torch.compile`,
+    `steps_per_execution > 1`, MirroredStrategy). The regularizers' configs
+    never change, and after `fit` they act with their own factor again. The
+    scale of each epoch is written to `logs["ortho/scale"]` at its end, for
+    History, CSVLogger and TensorBoard listed after this callback.
+
+    Args:
+        schedule: either `{epoch: scale}`, piecewise constant: epoch `e` (counted
+            from 0, as `fit` counts) takes the value of the largest key `<= e`,
+            and 1.0 before the first key; or a callable `epoch -> scale`.
+            Scales are real numbers >= 0; 0 switches the penalty off.
+
+    Example, the step decay of Bansal et al. 2018 (times 1e-3 from epoch 20, and
+    so on, off from epoch 120):
+
+        schedule = keras_ortho.OrthoSchedule({20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0})
+        model.fit(x, y, epochs=200, callbacks=[schedule])
+    """
+
+    def __init__(self, schedule):
+        self._schedule = _check_schedule(schedule)
+        super().__init__(initial=self.scale_at(0))
+
+    def scale_at(self, epoch):
+        """The scale of epoch `epoch` (0-based)."""
+        if callable(self._schedule):
+            value = self._schedule(epoch)
+            return _validation.check_non_negative(f"schedule({epoch})", value)
+        scale = 1.0
+        for start, value in self._schedule:
+            if start > epoch:
+                break
+            scale = value
+        return scale
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set_scale(self.scale_at(epoch))
+
+
+def _check_schedule(schedule):
+    """A callable as given, or a dict as `[(epoch, scale)]` sorted by epoch."""
+    if callable(schedule):
+        return schedule
+    if not isinstance(schedule, dict):
+        raise TypeError(
+            "Argument `schedule` must be a dict {epoch: scale} or a callable "
+            f"epoch -> scale. Received: schedule={schedule!r}"
+        )
+    steps = []
+    for epoch, scale in schedule.items():
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(
+                "Argument `schedule`: each key is an epoch, an int >= 0. "
+                f"Received: schedule={schedule!r}"
+            )
+        steps.append((int(epoch), _validation.check_non_negative(f"schedule[{epoch}]", scale)))
+    return sorted(steps)
