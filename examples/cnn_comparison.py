@@ -1,10 +1,18 @@
 """A small CNN on scikit-learn's digits, with and without orthogonal Conv2D kernels.
 
-Trains the same network twice from the same initial weights: once plain, once
-with `OrthoRegularizer` on its convolution kernels. `OrthoLogger` watches the
-same kernels in both (the plain model's by explicit paths), and the script
-prints test accuracy and orthogonality error side by side, and draws both
-records in one figure.
+Trains the same network from the same initial weights four ways:
+
+* plain: no regularizer;
+* fixed: `OrthoRegularizer(factor)` on its convolution kernels;
+* decay: the same, with an `OrthoSchedule` that decays the penalty in steps, as
+  Bansal et al. 2018 do (times 0.1 from a quarter of the epochs, 0.01 from
+  half, off from three quarters);
+* target: the same, with an `OrthoTarget` that steers the mean per-slice error
+  towards `--target`.
+
+`OrthoLogger` watches the same kernels in each (the plain model's by explicit
+paths); the script prints test accuracy and orthogonality error side by side
+and draws all four records in one figure.
 
     python examples/cnn_comparison.py [--quick] [--out runs/cnn]
 """
@@ -44,9 +52,9 @@ def build_model(regularizer):
     )
 
 
-def train(regularizer, data, epochs):
+def train(regularizer, data, epochs, callbacks=()):
     x_train, x_test, y_train, y_test = data
-    keras.utils.set_random_seed(0)  # same initial weights for both variants
+    keras.utils.set_random_seed(0)  # same initial weights for every variant
     model = build_model(regularizer)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
@@ -56,7 +64,7 @@ def train(regularizer, data, epochs):
     logger = keras_ortho.OrthoLogger(weights=CONV_KERNELS)
     history = model.fit(
         x_train, y_train, validation_data=(x_test, y_test),
-        epochs=epochs, batch_size=32, verbose=0, callbacks=[logger],
+        epochs=epochs, batch_size=32, verbose=0, callbacks=[*callbacks, logger],
     )
     return history.history["val_accuracy"][-1], logger
 
@@ -66,17 +74,25 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a small run, for tests")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/cnn"))
     parser.add_argument("--factor", type=float, default=0.01)
+    parser.add_argument("--target", type=float, default=20.0, help="OrthoTarget's mean per-slice error")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     data = load_data()
-    epochs = 2 if args.quick else 40
+    epochs = 4 if args.quick else 40
+    decay = keras_ortho.OrthoSchedule({epochs // 4: 0.1, epochs // 2: 0.01, 3 * epochs // 4: 0.0})
+    variants = {
+        "plain": (None, ()),
+        "fixed": (args.factor, ()),
+        "decay": (args.factor, (decay,)),
+        "target": (args.factor, (keras_ortho.OrthoTarget(args.target),)),
+    }
     results = {
-        "plain": train(None, data, epochs),
-        "ortho": train(keras_ortho.OrthoRegularizer(args.factor), data, epochs),
+        name: train(None if factor is None else keras_ortho.OrthoRegularizer(factor), data, epochs, callbacks)
+        for name, (factor, callbacks) in variants.items()
     }
 
-    print(f"\n{'':<26}{'plain':>12}{'ortho':>12}")
+    print(f"\n{'':<26}" + "".join(f"{name:>12}" for name in results))
     print(f"{'test accuracy':<26}" + "".join(f"{acc:>12.3f}" for acc, _ in results.values()))
     for path in CONV_KERNELS:
         errors = [logger.errors[path][-1].sum() for _, logger in results.values()]
@@ -87,9 +103,9 @@ def main(argv=None):
         {f"{name}: {path}": logger.errors[path] for name, (_, logger) in results.items()
          for path in CONV_KERNELS},
         plot_path,
-        title="Conv kernels: plain (top) vs OrthoRegularizer (bottom)",
+        title="Conv kernels: " + ", ".join(results) + " (top to bottom)",
     )
-    print(f"both records drawn to {plot_path}")
+    print(f"all records drawn to {plot_path}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def with_gradient(phi, mode, forward, backward):
 
 
 def compile(fn, jit_compile):
-    return tf.function(fn, jit_compile=jit_compile)
+    # No Python control flow on tensors to convert: without AutoGraph, tracing
+    # does not try (and warn) to convert the backend lookup's importlib call.
+    return tf.function(fn, jit_compile=jit_compile, autograph=False)
 
 
 def is_chief(model):
