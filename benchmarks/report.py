@@ -1,5 +1,6 @@
 """Markdown tables and the PNG chart of the benchmark results."""
 
+import collectives
 from harness import EXECUTION, markdown_table
 
 TARGET_AUTODIFF, TARGET_FLOOR = 0.70, 1.10
@@ -169,14 +170,19 @@ def markdown(results):
         parts += ["## OrthoLogger overhead", "", logger_table(results["logger"]), ""]
     if "huge" in results:
         parts += ["## Huge kernel", "", huge_table(results["huge"]), ""]
+    if "collectives" in results:
+        section = results["collectives"]
+        parts += ["## JAX: collectives per sharding layout", "", collectives.markdown(section["rows"], section["devices"]), ""]
     return "\n".join(parts) + "\n"
 
 
 def chart(results, path):
-    """Ratios of the headline configuration and the training-step overheads."""
+    """Ratios of the headline configuration and the training-step overheads; False with nothing to draw."""
     from matplotlib.figure import Figure
 
     panels = [k for k in ("backends", "penalty", "training") if results.get(k)]
+    if not panels:
+        return False
     figure = Figure(figsize=(6.5 * len(panels), 4.6), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, key in zip(axes, panels):

@@ -7,7 +7,8 @@
 Each Keras backend runs in a process of its own (KERAS_BACKEND is fixed when
 Keras is imported). The `backends` section (penalty plus gradient on the same
 shapes) runs on every backend asked for; the other sections measure TensorFlow
-in depth and run in its process. Writes `results.md`, `results.json` and
+in depth and run in its process; `collectives` compiles on JAX over 4 host
+devices, in a process of its own. Writes `results.md`, `results.json` and
 `results.png` to `--out` (default `benchmarks/results/`, `benchmarks/results/quick/`
 with `--quick`), stamped with the machine and versions. Speed is never asserted here.
 """
@@ -35,6 +36,7 @@ SECTIONS = {
     "training": ("TensorFlow: training-step cost of the regularizers", "training", ("tensorflow",)),
     "logger": ("TensorFlow: OrthoLogger overhead per epoch and per batch", "logger_overhead", ("tensorflow",)),
     "huge": ("TensorFlow: Embedding(1_000_000, 128), time and peak memory", "huge", ("tensorflow",)),
+    "collectives": ("JAX: collectives of penalty + gradient per sharding layout", "collectives", ("jax",)),
 }
 
 
@@ -102,8 +104,8 @@ def main(argv=None):
     import report
 
     (out / "results.md").write_text(report.markdown(results))
-    report.chart(results, out / "results.png")
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'results.png'}")
+    drawn = report.chart(results, out / "results.png") is not False
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f" and {out / 'results.png'}" if drawn else ""))
 
 
 if __name__ == "__main__":

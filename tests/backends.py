@@ -88,14 +88,17 @@ def compiled(fn):
     return {"compile": torch.compile(fn)}
 
 
-def run_fresh(script, *args, timeout=300, backend=BACKEND):
-    """Runs `python -c script args...` in a fresh process on `backend`; fails the test on an error."""
+def run_fresh(script, *args, timeout=300, backend=BACKEND, env=None):
+    """Runs `python -c script args...` in a fresh process on `backend`; fails the test on an error.
+
+    `env` adds to (or overrides) this process's environment.
+    """
     result = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
         timeout=timeout,
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend, **(env or {})},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

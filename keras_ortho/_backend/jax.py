@@ -32,9 +32,14 @@ def minus_identity(gram):
 
 
 def times_signs(phi, signs, mode):
+    # `signs` = sign(G) is symmetric. Its transpose is what keeps a sharded
+    # kernel's gradient local: with columns sharded over devices, GSPMD shards
+    # `sign(G)` by rows (G = Phi_shard^T Phi), so `Phi sign(G)^T` contracts over
+    # an unsharded axis, and `Phi sign(G)` would all-reduce a kernel-sized sum
+    # (benchmarks/collectives.py).
     if mode == "columns":
-        return jnp.matmul(phi, signs, precision=_PRECISION)
-    return jnp.matmul(signs, phi, precision=_PRECISION)
+        return jnp.matmul(phi, jnp.swapaxes(signs, -1, -2), precision=_PRECISION)
+    return jnp.matmul(jnp.swapaxes(signs, -1, -2), phi, precision=_PRECISION)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

@@ -1,0 +1,89 @@
+"""keras.distribution on JAX: the same numbers as one device, and a head-sharded penalty that never gathers.
+
+Each case runs in a process of its own on 4 host CPU devices
+(`--xla_force_host_platform_device_count`, which must be set before JAX starts).
+"""
+
+import ast
+import json
+import os
+
+import numpy as np
+import pytest
+
+from backends import only_on, run_fresh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
+RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+pytestmark = only_on("jax", why="keras.distribution is implemented for JAX only")
+
+
+def run_on_four_devices(script, *args):
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {FOUR_DEVICES}".strip()
+    run_fresh(RUN_FILE, os.path.join(ROOT, script), *args, timeout=600, env={"XLA_FLAGS": flags})
+
+
+EXPECTED_SPECS = {
+    "data_parallel": {"attention/query/kernel": "P(None, None, None)", "head/kernel": "P(None, None)"},
+    "heads": {
+        "attention/query/kernel": "P(None, 'model', None)",
+        "attention/key/kernel": "P(None, 'model', None)",
+        "attention/value/kernel": "P(None, 'model', None)",
+        "attention/attention_output/kernel": "P('model', None, None)",
+    },
+    "dense": {"rows/kernel": "P('model', None)", "columns/kernel": "P(None, 'model')"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED_SPECS))
+def trained(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "records.npz"
+    run_on_four_devices("tests/jax_distribution_train.py", request.param, out)
+    return request.param, dict(np.load(out))
+
+
+def test_the_layout_applied(trained):
+    case, records = trained
+    specs = ast.literal_eval(str(records["specs"]))
+    for path, spec in EXPECTED_SPECS[case].items():
+        assert specs[path] == spec, (path, specs)
+
+
+def test_penalty_and_loss_match_one_device(trained):
+    _, records = trained
+    np.testing.assert_allclose(records["penalty"], records["single_penalty"], rtol=1e-5)
+    np.testing.assert_allclose(records["loss"], records["single_loss"], rtol=1e-5)
+
+
+def test_training_trajectory_matches_one_device(trained):
+    _, records = trained
+    weights = [k for k in records if k.startswith("weight_")]
+    assert len(weights) >= 3 * 4  # every weight after each of the 3 epochs
+    for key in weights:
+        np.testing.assert_allclose(records[key], records[f"single_{key}"], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_logger_records_match_one_device_and_gather_no_weight(trained):
+    _, records = trained
+    errors = [k for k in records if k.startswith("errors_")]
+    assert len(errors) == len(records["paths"]) >= 2
+    for key in errors:
+        np.testing.assert_allclose(records[key], records[f"single_{key}"], rtol=1e-5, err_msg=key)
+    # The probe brings the per-slice errors together, never a weight.
+    assert records["probe_gathered_bytes"] <= 2 * records["probe_errors_bytes"]
+
+
+def test_head_sharded_penalty_compiles_without_gathers_or_permutes(tmp_path):
+    out = tmp_path / "collectives.json"
+    run_fresh(RUN_FILE, os.path.join(ROOT, "benchmarks", "collectives.py"), "--quick", "--json", out, timeout=600)
+    rows = {row["layout"]: row["collectives"] for row in json.loads(out.read_text())["rows"]}
+    for layout in ("heads, q/k/v", "heads, output"):
+        assert set(rows[layout]) == {"all-reduce"}, rows[layout]
+        assert rows[layout]["all-reduce"] == {"count": 1, "bytes": 4}  # the scalar penalty
+    # A row-sharded Dense kernel: one all-reduce of the Gram (64 x 64 here), nothing else.
+    assert rows["Dense rows"] == {"all-reduce": {"count": 1, "bytes": 4 * 64 * 64}}
+    # A column-sharded one: one all-gather of the kernel, and the scalar's all-reduce.
+    assert rows["Dense columns"] == {"all-gather": {"count": 1, "bytes": 4 * 64 * 64},
+                                     "all-reduce": {"count": 1, "bytes": 4}}
