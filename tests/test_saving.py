@@ -313,6 +313,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
     directory, tests_dir = sys.argv[1:]
     sys.path.insert(0, tests_dir)
+    from interrupted import uninterrupted_and_resumed
     from models import mixed_layers_model
 
     if keras.backend.backend() == "tensorflow":
@@ -322,11 +323,6 @@ RESUME_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(3)
     x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
     y = rng.normal(size=(32, 5)).astype("float32")
-
-    class FailAtEpoch(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise RuntimeError("simulated crash")
 
     def train(callbacks, seed=0):
         model = mixed_layers_model(seed=seed)
@@ -344,15 +340,7 @@ RESUME_SCRIPT = textwrap.dedent(
             **{f"errors_{i}": e for i, e in enumerate(logger.errors.values())},
         )
 
-    save("uninterrupted", *train([]))
-    backup = f"{directory}/backup"
-    try:
-        train([keras.callbacks.BackupAndRestore(backup), FailAtEpoch()])
-        raise AssertionError("the crash did not happen")
-    except RuntimeError as error:
-        assert "simulated crash" in str(error)
-    # As after a restart: the model is rebuilt with other initial values.
-    save("resumed", *train([keras.callbacks.BackupAndRestore(backup)], seed=99))
+    uninterrupted_and_resumed(train, save, directory, crash_epoch=2)
     """
 )
 

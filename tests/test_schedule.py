@@ -342,7 +342,10 @@ RESUME_SCRIPT = textwrap.dedent(
     import keras
     import keras_ortho
 
-    directory, kind = sys.argv[1:]
+    directory, kind, tests_dir = sys.argv[1:]
+    sys.path.insert(0, tests_dir)
+    from interrupted import uninterrupted_and_resumed
+
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -356,11 +359,6 @@ RESUME_SCRIPT = textwrap.dedent(
         if kind == "schedule":
             return keras_ortho.OrthoSchedule(lambda epoch: 2.0 ** -epoch)
         return keras_ortho.OrthoTarget(1.0, rate=0.5)
-
-    class FailAtEpoch(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 3:
-                raise RuntimeError("simulated crash")
 
     def train(callbacks, seed=0):
         keras.utils.set_random_seed(seed)
@@ -376,22 +374,15 @@ RESUME_SCRIPT = textwrap.dedent(
         np.savez(f"{directory}/{name}.npz", scales=history.history["ortho/scale"],
                  **{f"weight_{i}": v.numpy() for i, v in enumerate(model.weights)})
 
-    save("uninterrupted", *train([]))
-    backup = f"{directory}/backup"
-    try:
-        train([keras.callbacks.BackupAndRestore(backup), FailAtEpoch()])
-        raise AssertionError("the crash did not happen")
-    except RuntimeError as error:
-        assert "simulated crash" in str(error)
-    # As after a restart: a new model and a new controller, BackupAndRestore listed last.
-    save("resumed", *train([keras.callbacks.BackupAndRestore(backup)], seed=99))
+    # Resumed with a new controller, as a new process would build it.
+    uninterrupted_and_resumed(train, save, directory, crash_epoch=3)
     """
 )
 
 
 @pytest.mark.parametrize("kind", ["schedule", "target"])
 def test_resume_with_backup_and_restore_continues_the_scale_trajectory(tmp_path, kind):
-    run_fresh(RESUME_SCRIPT, tmp_path, kind)
+    run_fresh(RESUME_SCRIPT, tmp_path, kind, TESTS_DIR)
     uninterrupted = np.load(tmp_path / "uninterrupted.npz")
     resumed = np.load(tmp_path / "resumed.npz")
     assert len(set(uninterrupted["scales"])) == 6  # the scale changed every epoch
