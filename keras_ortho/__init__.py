@@ -13,6 +13,7 @@ except ModuleNotFoundError as error:
     ) from error
 
 from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
+from keras_ortho._regularize import regularize
 from keras_ortho.logger import OrthoLogger
 from keras_ortho.plotting import plot_errors
 from keras_ortho.regularizer import OrthoRegularizer
@@ -29,5 +30,6 @@ __all__ = [
     "ortho_gradient",
     "ortho_penalty",
     "plot_errors",
+    "regularize",
     "slice_errors",
 ]

@@ -8,7 +8,7 @@ passed down to the math in `_math` and back up to the weight's layout.
 import keras
 from keras import ops
 
-from keras_ortho import _backend, _math, _validation
+from keras_ortho import _backend, _layers, _math, _validation
 from keras_ortho._slicing import plan_slices
 
 
@@ -17,14 +17,14 @@ def keras_path(w):
     return w.path if isinstance(w, keras.Variable) else None
 
 
-def plan_weight(shape, dtype, slice_axis=None, mode="auto", path=None):
+def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None):
     """Checks a weight's shape and dtype against the options; returns its `SlicePlan`.
 
     Args:
         shape: the weight's shape, as the backend gives it.
         dtype: its dtype, in any form `keras.backend.standardize_dtype` takes.
         slice_axis, mode: already checked by `_validation`.
-        path: the Keras variable path, when known (for the per-layer rules).
+        rule: the `Rule` of the weight's layer, when known.
 
     Raises:
         TypeError: for a weight that is not floating point.
@@ -40,7 +40,7 @@ def plan_weight(shape, dtype, slice_axis=None, mode="auto", path=None):
         dims = None
     if dims is None or any(d is None for d in dims):
         raise ValueError(f"keras_ortho needs a weight with a static shape. Received: w.shape={shape}")
-    return plan_slices(dims, slice_axis, mode, path=path)
+    return plan_slices(dims, slice_axis, mode, rule=rule)
 
 
 def compute_dtype(dtype):
@@ -49,18 +49,25 @@ def compute_dtype(dtype):
     return "float32" if dtype in ("float16", "bfloat16") else dtype
 
 
-def prepare(w, slice_axis, mode, path=None):
-    """Checks `w` and the options; returns `(tensor, plan)`."""
+def prepare(w, slice_axis, mode, rule=None, weight=None):
+    """Checks `w` and the options; returns `(tensor, plan)`.
+
+    `rule` is the layer rule of the weight, and `weight` the Keras variable `w`
+    stands for (for errors that name it); both default to what a Keras
+    variable `w` itself tells (`_layers.known_rule`).
+    """
     slice_axis = _validation.check_slice_axis(slice_axis)
     mode = _validation.check_mode(mode)
-    path = path if path is not None else keras_path(w)
+    weight = weight if weight is not None else (w if isinstance(w, keras.Variable) else None)
+    if rule is None and weight is not None:
+        rule = _layers.known_rule(weight)
     tensor = _backend.current().to_tensor(w)
     try:
-        return tensor, plan_weight(tensor.shape, tensor.dtype, slice_axis, mode, path)
+        return tensor, plan_weight(tensor.shape, tensor.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
-        if path is None:
+        if weight is None:
             raise
-        raise type(error)(f"{error}, for weight '{path}'") from None
+        raise type(error)(f"{error}, for {_layers.describe(weight)}") from None
 
 
 def to_stack(tensor, plan):
@@ -72,6 +79,8 @@ def to_stack(tensor, plan):
     """
     tensor = ops.cast(tensor, compute_dtype(tensor.dtype))
     if plan.perm is not None:
+        if plan.view != plan.shape:
+            tensor = ops.reshape(tensor, plan.view)
         tensor = ops.transpose(tensor, plan.perm)
     if plan.num_slices == 1:
         return ops.reshape(tensor, (plan.rows, plan.cols))
@@ -83,9 +92,9 @@ def from_stack(stack, plan, dtype):
     if plan.perm is None:
         out = ops.reshape(stack, plan.shape)
     else:
-        moved = ops.reshape(stack, [plan.shape[i] for i in plan.perm])
+        moved = ops.reshape(stack, [plan.view[i] for i in plan.perm])
         inverse = sorted(range(len(plan.perm)), key=plan.perm.__getitem__)
-        out = ops.transpose(moved, inverse)
+        out = ops.reshape(ops.transpose(moved, inverse), plan.shape)
     return ops.cast(out, dtype)
 
 
@@ -112,7 +121,8 @@ def slice_errors(w, slice_axis=None, mode="auto"):
 
     Args:
         w: a float tensor, variable or array of rank >= 2. A Keras variable
-            brings its path, which the attention-output rule needs.
+            is sliced by its layer's rule once keras_ortho has met its layer
+            (see the README's slicing table), else by the default rule.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
 

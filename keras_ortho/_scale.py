@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _watch
+from keras_ortho import _layers, _watch
 
 LOG_KEY = "ortho/scale"
 _ATTRIBUTE = "_keras_ortho_scale"
@@ -119,7 +119,7 @@ class ScaleCallback(keras.callbacks.Callback):
             )
         for regularizer in self._bound:
             regularizer._scale = self._state.state
-        _rebuild_step_functions(model)
+        _layers.rebuild_step_functions(model)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -130,7 +130,7 @@ class ScaleCallback(keras.callbacks.Callback):
             regularizer._scale = None
         self._bound = []
         _detach(self.model, self._state)
-        _rebuild_step_functions(self.model)
+        _layers.rebuild_step_functions(self.model)
 
     def _set_scale(self, scale):
         self._state.state.assign(np.float32(scale))
@@ -150,10 +150,3 @@ def _detach(model, state):
     if getattr(model, _ATTRIBUTE, None) is state:
         object.__delattr__(model, _ATTRIBUTE)
     model._seed_generators[:] = [s for s in model._seed_generators if s is not state]
-
-
-def _rebuild_step_functions(model):
-    """Keras caches its train and test functions; a traced one would keep the old losses."""
-    if getattr(model, "compiled", False):
-        model.make_train_function(force=True)
-        model.make_test_function(force=True)

@@ -1,17 +1,18 @@
 """Which matrices a weight tensor holds: shape logic only, no framework.
 
-A weight `w` is read as a stack of `m` matrices `Phi_i`, each `rows x cols`:
+A weight `w` is read as a stack of `m` matrices `Phi_i`, each `rows x cols`,
+by a `Rule`: reshape `w` to the rule's `view` (the same data, some axis split
+or merged), then take slices along the view's `slice_axis`; each slice keeps
+the remaining axes in order, rows are all of them but the last, columns the
+last. `keras_ortho._layers` gives the rule of each Keras layer's weights (one
+matrix for Dense and Conv, per head, per gate, per channel); a tensor without
+a layer gets `default_rule`:
 
-* rank 3 `(l, m, n)`: `Phi_i = w[:, i, :]`, slices along axis 1 (EinsumDense,
-  MultiHeadAttention query/key/value kernels `(d_model, heads, head_dim)`).
-* a MultiHeadAttention output projection `(heads, head_dim, d_model)`
-  (a variable whose path ends in `attention_output/kernel`): slices along
-  axis 0, one per head, so all four projection kernels are treated per head.
-* any other rank: one slice, `w` reshaped to `(prod(shape[:-1]), shape[-1])`
-  (Dense and Embedding `(l, n)`, Conv kernels `(kh, kw, cin, cout)`).
-* `slice_axis=k` overrides the above: slices along axis `k`; each slice keeps
-  the remaining axes in order, rows are all of them but the last, columns the
-  last.
+* rank 3 `(l, m, n)`: `Phi_i = w[:, i, :]`, slices along axis 1;
+* any other rank: one slice, `w` reshaped to `(prod(shape[:-1]), shape[-1])`.
+
+`slice_axis=k` given by the user overrides the rule: slices of `w` itself
+along axis `k`.
 
 The mode says which Gram matrix is compared with the identity:
 `"columns"` uses `Phi_i^T Phi_i` (`cols x cols`), `"rows"` uses
@@ -25,18 +26,53 @@ from typing import NamedTuple, Optional, Tuple
 
 MODES = ("auto", "columns", "rows")
 
-# The sublayer name Keras's MultiHeadAttention gives its output projection.
-_ATTENTION_OUTPUT = ("attention_output", "kernel")
+
+class Rule(NamedTuple):
+    """How a weight holds its matrices: reshaped to `view`, sliced along `slice_axis` of it.
+
+    `view` None keeps the weight's shape; `slice_axis` None makes the whole
+    view one matrix `(prod(view[:-1]), view[-1])`. `name` says it in words,
+    for messages and the README's table.
+    """
+
+    view: Optional[Tuple[int, ...]]
+    slice_axis: Optional[int]
+    name: str
+
+
+def default_rule(shape):
+    """The rule of a tensor no layer rule covers: rank 3 per axis 1, else one matrix."""
+    if len(shape) == 3:
+        return Rule(None, 1, "slices along axis 1")
+    return Rule(None, None, "one matrix")
+
+
+def one_matrix(shape):
+    """All axes but the last as rows: Dense, Conv kernels, Embedding."""
+    return Rule((math.prod(shape[:-1]), shape[-1]), None, "one matrix")
+
+
+def along(axis, name):
+    """Slices of the weight itself along `axis` (heads, channels)."""
+    return Rule(None, axis, name)
+
+
+def per_group(shape, groups):
+    """The last axis split into `groups` equal blocks, one slice each (RNN gates)."""
+    rows, cols = math.prod(shape[:-1]), shape[-1] // groups
+    return Rule((rows, groups, cols), 1, f"per gate ({groups})" if groups > 1 else "one matrix")
 
 
 class SlicePlan(NamedTuple):
     """How to view a tensor of `shape` as `num_slices` matrices.
 
-    `perm` is the transpose that brings the slice axis first, or None when a
-    reshape alone gives the `(num_slices, rows, cols)` stack.
+    The tensor is reshaped to `view` (equal to `shape` for most rules); `perm`
+    is the transpose of the view that brings the slice axis first, or None
+    when a reshape alone gives the `(num_slices, rows, cols)` stack.
     """
 
     shape: Tuple[int, ...]
+    view: Tuple[int, ...]
     perm: Optional[Tuple[int, ...]]
     num_slices: int
     rows: int
@@ -49,21 +85,7 @@ class SlicePlan(NamedTuple):
         return self.cols if self.mode == "columns" else self.rows
 
 
-def is_attention_output(path):
-    """True for the path of a MultiHeadAttention output projection kernel."""
-    return path is not None and tuple(path.split("/")[-2:]) == _ATTENTION_OUTPUT
-
-
-def default_slice_axis(rank, path=None):
-    """The slice axis used when the user gives none; None means one slice."""
-    if rank >= 3 and is_attention_output(path):
-        return 0
-    if rank == 3:
-        return 1
-    return None
-
-
-def plan_slices(shape, slice_axis=None, mode="auto", path=None):
+def plan_slices(shape, slice_axis=None, mode="auto", rule=None):
     """Plans the `(num_slices, rows, cols)` view of a tensor of `shape`.
 
     Arguments are assumed valid in type (see `_validation`); the shape-dependent
@@ -71,9 +93,9 @@ def plan_slices(shape, slice_axis=None, mode="auto", path=None):
 
     Args:
         shape: the tensor's static shape, a sequence of ints.
-        slice_axis: None for the default slicing, or the axis to slice along.
+        slice_axis: None for the rule, or the axis of `shape` to slice along.
         mode: "auto", "columns" or "rows".
-        path: the Keras variable path, when known (for the attention rule).
+        rule: the `Rule` of the weight's layer; None for `default_rule`.
 
     Returns:
         A `SlicePlan` with `mode` resolved to "columns" or "rows".
@@ -85,28 +107,32 @@ def plan_slices(shape, slice_axis=None, mode="auto", path=None):
             "keras_ortho needs a weight of rank >= 2 (a matrix or a stack of "
             f"matrices). Received: w.shape={shape}"
         )
-    if slice_axis is None:
-        axis = default_slice_axis(rank, path)
-    elif -rank <= slice_axis < rank:
-        axis = slice_axis % rank
+    if slice_axis is not None:
+        if not -rank <= slice_axis < rank:
+            raise ValueError(
+                f"Argument `slice_axis` must be an axis of the weight, in "
+                f"[{-rank}, {rank - 1}] for a weight of shape {shape}. "
+                f"Received: slice_axis={slice_axis}"
+            )
+        view, axis = shape, slice_axis % rank
     else:
-        raise ValueError(
-            f"Argument `slice_axis` must be an axis of the weight, in "
-            f"[{-rank}, {rank - 1}] for a weight of shape {shape}. "
-            f"Received: slice_axis={slice_axis}"
-        )
+        rule = rule if rule is not None else default_rule(shape)
+        view = tuple(rule.view) if rule.view is not None else shape
+        if math.prod(view) != math.prod(shape):
+            raise ValueError(f"Rule {rule} does not fit a weight of shape {shape}")
+        axis = rule.slice_axis
 
     if axis is None:
-        perm, num_slices, rest = None, 1, shape
+        perm, num_slices, rest = None, 1, view
     else:
-        others = tuple(i for i in range(rank) if i != axis)
-        rest = tuple(shape[i] for i in others)
-        num_slices = shape[axis]
+        others = tuple(i for i in range(len(view)) if i != axis)
+        rest = tuple(view[i] for i in others)
+        num_slices = view[axis]
         # Moving an axis past leading axes of size 1 does not move any data.
-        moves_data = math.prod(shape[:axis]) > 1
+        moves_data = math.prod(view[:axis]) > 1
         perm = (axis,) + others if moves_data else None
     rows, cols = math.prod(rest[:-1]), rest[-1]
 
     if mode == "auto":
         mode = "columns" if rows >= cols else "rows"
-    return SlicePlan(shape, perm, num_slices, rows, cols, mode)
+    return SlicePlan(shape, view, perm, num_slices, rows, cols, mode)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ortho import _backend, _ops
+from keras_ortho import _backend, _layers, _ops
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -40,7 +40,7 @@ def holds_matrices(variable):
     return len(variable.shape) >= 2 and "float" in keras.backend.standardize_dtype(variable.dtype)
 
 
-def watch(variable, slice_axis=None, mode="auto"):
+def watch(variable, slice_axis=None, mode="auto", rule=None):
     """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
 
     Raises:
@@ -48,10 +48,10 @@ def watch(variable, slice_axis=None, mode="auto"):
             of rank < 2, or has no axis `slice_axis`.
     """
     path = weight_path(variable)
+    if rule is None and isinstance(variable, keras.Variable):
+        rule = _layers.known_rule(variable)
     try:
-        plan = _ops.plan_weight(
-            variable.shape, variable.dtype, slice_axis, mode, path=_ops.keras_path(variable)
-        )
+        plan = _ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot watch weight '{path}': {error}") from error
     return Watched(variable, path, slice_axis, mode, plan)
@@ -70,6 +70,7 @@ def regularized_weights(model, include_all=False):
     regularizer slices it; with `include_all`, also every other floating weight
     of rank >= 2, with the default slicing.
     """
+    _layers.assign_rules(model)  # each weight sliced by its layer's rule
     trainable = {id(v) for v in model.trainable_weights}
     watched = []
     for v in model.weights:

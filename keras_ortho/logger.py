@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _backend, _validation, _watch
+from keras_ortho import _backend, _layers, _validation, _watch
 
 LOG_PREFIX = "ortho/"
 _WEIGHT_OPTIONS = ("slice_axis", "mode")
@@ -178,6 +178,7 @@ class OrthoLogger(keras.callbacks.Callback):
     # --- Helpers ----------------------------------------------------------------------
 
     def _resolve(self, model):
+        _layers.assign_rules(model)
         if self._requested is None:
             watched = _watch.regularized_weights(model)
             if not watched:

@@ -5,7 +5,7 @@ import warnings
 
 import keras
 
-from keras_ortho import _ops, _validation
+from keras_ortho import _layers, _ops, _validation
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode")
 
@@ -56,9 +56,9 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self._scale = None
 
     def __call__(self, x):
-        variable = _weight_behind(x, self)
-        path = None if variable is None else variable.path
-        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, path=path)
+        variable, caller = _weight_behind(x, self)
+        rule = None if variable is None else _layers.known_rule(variable, root=caller)
+        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         penalty = _ops.penalty_of(tensor, plan, self.factor)
         if self._scale is not None:
             penalty = penalty * keras.ops.cast(self._scale, penalty.dtype)
@@ -88,44 +88,64 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
 
 def _weight_behind(x, regularizer):
-    """The Keras variable `x` is, or stands for; None for a tensor of the user's own.
+    """`(variable, layer)`: the Keras variable `x` is or stands for, and the layer asking.
 
-    Keras calls a regularizer with the variable, except inside its stateless
-    scope (`model.stateless_call`, and so JAX's `fit`), where it passes the
-    very tensor the scope maps the variable to. That variable is found by
-    identity among the locals of Keras's calling frame: a variable whose
-    regularizer is this one and whose value in the scope *is* `x`. Only the
-    per-layer rules (the attention output projection, per head) need it; when
-    Keras ever calls regularizers otherwise, a warning names the shape instead
-    of slicing it silently by the default rule.
+    Keras calls a regularizer from a layer's `_get_regularization_losses`
+    (`self` there is the layer or model whose losses are collected, which
+    holds the weight) with the variable, except inside its stateless scope
+    (`model.stateless_call`, and so JAX's `fit`), where it passes the very
+    tensor the scope maps the variable to. That variable is found by identity
+    among the locals of Keras's calling frame: a variable whose regularizer
+    is this one and whose value in the scope *is* `x`. The layer lets
+    `_layers` find the weight's own layer, and so its rule, once; a weight
+    whose rule is recorded needs no frame at all. Where a tensor stands for a
+    weight that cannot be identified, a warning names the shape instead of
+    slicing it silently by the default rule. `(None, None)` for a tensor of
+    the user's own.
     """
-    if isinstance(x, keras.Variable):
-        return x
+    variable = x if isinstance(x, keras.Variable) else None
+    if variable is not None and _layers.is_recorded(variable):
+        return variable, None
     scope = get_stateless_scope() if get_stateless_scope is not None else None
-    if scope is not None:
-        frame = sys._getframe(2)
-        for _ in range(_CALLERS_SEARCHED):
-            if frame is None:
-                break
-            for value in frame.f_locals.values():
-                if (
-                    isinstance(value, keras.Variable)
+    if variable is None and scope is None:
+        if get_stateless_scope is None:
+            _warn_unidentified(x, regularizer)
+        return None, None
+    frame = sys._getframe(2)
+    for _ in range(_CALLERS_SEARCHED):
+        if frame is None:
+            break
+        local = frame.f_locals
+        if variable is None:
+            variable = next(
+                (
+                    value
+                    for value in local.values()
+                    if isinstance(value, keras.Variable)
                     and value.regularizer is regularizer
                     and scope.get_current_value(value) is x
-                ):
-                    return value
-            frame = frame.f_back
-    if scope is not None or get_stateless_scope is None:
-        shape = tuple(x.shape)
-        if shape not in regularizer._warned_shapes:
-            regularizer._warned_shapes.add(shape)
-            warnings.warn(
-                f"OrthoRegularizer was called with a tensor of shape {shape} that stands "
-                "for a weight it could not identify (this Keras release calls regularizers "
-                "in a way keras_ortho does not know). It slices the tensor by the default "
-                "rule for its rank, not by the weight's own (per head for a "
-                "MultiHeadAttention output projection); pass `slice_axis` to be explicit.",
-                RuntimeWarning,
-                stacklevel=3,
+                ),
+                None,
             )
-    return None
+        caller = local.get("self")
+        if variable is not None and isinstance(caller, keras.layers.Layer):
+            return variable, caller
+        frame = frame.f_back
+    if variable is None:
+        _warn_unidentified(x, regularizer)
+    return variable, None
+
+
+def _warn_unidentified(x, regularizer):
+    shape = tuple(x.shape)
+    if shape not in regularizer._warned_shapes:
+        regularizer._warned_shapes.add(shape)
+        warnings.warn(
+            f"OrthoRegularizer was called with a tensor of shape {shape} that stands "
+            "for a weight it could not identify (this Keras release calls regularizers "
+            "in a way keras_ortho does not know). It slices the tensor by the default "
+            "rule for its rank, not by its layer's rule (per head, per gate, per "
+            "channel); pass `slice_axis` to be explicit.",
+            RuntimeWarning,
+            stacklevel=4,
+        )

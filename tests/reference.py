@@ -25,6 +25,44 @@ def slices(w, slice_axis=None, attention_output=False):
     return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, slice_axis, 0)]
 
 
+def slices_by(w, kind):
+    """The matrices of `w` by a layer rule: ("matrix",), ("axis", k) or ("gates", g).
+
+    "matrix": all axes but the last as rows; ("axis", k): slices along axis k,
+    each reshaped to (-1, last remaining axis); ("gates", g): the matrix
+    `(prod(shape[:-1]), shape[-1])` cut into g equal blocks of columns.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if kind[0] == "matrix":
+        return [w.reshape(-1, w.shape[-1])]
+    if kind[0] == "axis":
+        return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, kind[1], 0)]
+    matrix = w.reshape(-1, w.shape[-1])
+    return np.split(matrix, kind[1], axis=1)
+
+
+def penalty_by(w, kind, factor=1.0, mode="auto"):
+    return factor * sum(np.abs(residual(p, mode)).sum() for p in slices_by(w, kind))
+
+
+def gradient_by(w, kind, factor=1.0, mode="auto"):
+    """dL/dw for a layer rule, laid out like `w`, from the index formula of each slice."""
+    w = np.asarray(w, dtype=np.float64)
+    grads = []
+    for p in slices_by(w, kind):
+        signs = np.sign(residual(p, mode))
+        if resolve_mode(p, mode) == "columns":
+            grads.append(2 * factor * np.einsum("aj,jb->ab", p, signs, optimize=True))
+        else:
+            grads.append(2 * factor * np.einsum("aj,jb->ab", signs, p, optimize=True))
+    if kind[0] == "matrix":
+        return grads[0].reshape(w.shape)
+    if kind[0] == "axis":
+        moved_shape = np.moveaxis(w, kind[1], 0).shape
+        return np.moveaxis(np.stack(grads).reshape(moved_shape), 0, kind[1])
+    return np.concatenate(grads, axis=1).reshape(w.shape)
+
+
 def resolve_mode(matrix, mode):
     if mode == "auto":
         rows, cols = matrix.shape

@@ -200,9 +200,11 @@ def test_multi_head_attention_is_regularized_per_head():
     )
     x = keras.random.normal((2, 5, 10))
     attention(x, x)
+    losses = [float(to_numpy(loss)) for loss in attention.losses]  # Keras asks the layer's weights
     kernels = {v.path.split("/")[-2]: v for v in attention.trainable_weights if "kernel" in v.path}
     assert kernels["query"].shape == (10, 4, 3)
     assert kernels["attention_output"].shape == (4, 3, 10)
+    expected_losses = []
     for name, kernel in kernels.items():
         errors = to_numpy(keras_ortho.slice_errors(kernel))
         assert errors.shape == (4,), name  # one slice per head
@@ -210,6 +212,8 @@ def test_multi_head_attention_is_regularized_per_head():
         heads = [value[:, h, :] for h in range(4)] if name != "attention_output" else list(value)
         expected = [reference.slice_errors(head)[0] for head in heads]
         np.testing.assert_allclose(errors, expected, rtol=1e-5)
+        expected_losses.append(0.05 * sum(expected))
+    np.testing.assert_allclose(sorted(losses), sorted(expected_losses), rtol=1e-5)
 
 
 # --- Where Keras calls the regularizer with a tensor, not the variable -----------------

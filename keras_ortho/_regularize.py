@@ -1,0 +1,127 @@
+"""`regularize`: an OrthoRegularizer on the kernels of a model that already exists."""
+
+import fnmatch
+import warnings
+
+import keras
+
+from keras_ortho import _layers, _watch
+from keras_ortho.regularizer import OrthoRegularizer
+
+# Layers whose config carries one `kernel_regularizer` that they pass to all
+# their projection sublayers, and the attribute that holds it.
+_SHARED_KERNEL_REGULARIZER = ("_kernel_regularizer", "kernel_regularizer")
+
+
+def regularize(model, regularizer, include=None, exclude=None):
+    """Puts `regularizer` on the kernels of a built model, at any depth; returns their paths.
+
+    The kernels are the trainable floating-point weights of rank >= 2 that a
+    layer holds as its kernel, recurrent kernel, depthwise or pointwise kernel
+    or embeddings (Dense, EinsumDense and the attention projections, Conv and
+    ConvTranspose, DepthwiseConv, SeparableConv, SimpleRNN/GRU/LSTM/ConvLSTM
+    cells, Embedding), never biases or normalization weights. Each is sliced
+    by its layer's rule, as when the regularizer is given to the layer's
+    constructor.
+
+    The regularizer is set on each weight (so `model.losses` includes it at
+    once) and on its layer's regularizer argument (so `model.save`, `.h5` and
+    `to_json` carry it for every core Keras layer). Keras's cached train and
+    test functions are rebuilt, so the next `fit` uses it even if the model
+    was compiled and trained before. Calling it again replaces, never adds:
+    it is idempotent.
+
+    Args:
+        model: a built Keras model or layer.
+        regularizer: an `OrthoRegularizer`, or None to remove keras_ortho's
+            regularizers from the matched kernels (others are left as they are).
+        include: None (every kernel), a glob pattern over variable paths
+            (`"*attention*"`), a list of them, or a callable `variable -> bool`.
+        exclude: the same form; matched kernels are left out.
+
+    Returns:
+        The paths of the weights whose regularizer was set (or removed).
+
+    Example:
+
+        model = keras.applications.MobileNetV2(weights=None)
+        keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4), exclude="*predictions*")
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
+    if regularizer is not None and not isinstance(regularizer, OrthoRegularizer):
+        raise TypeError(
+            "Argument `regularizer` must be an OrthoRegularizer, or None to remove them. "
+            f"Received: regularizer={regularizer!r}"
+        )
+    include = _matcher("include", include)
+    exclude = _matcher("exclude", exclude)
+    if not model.built:
+        raise ValueError(
+            f"Argument `model`: '{model.name}' is not built, so it has no weights yet. "
+            "Build it first (call it on data, or `model.build(input_shape)`)."
+        )
+
+    _layers.assign_rules(model)
+    paths = []
+    for layer in _layers.layers_of(model):
+        for variable in _layers.own_weights(layer):
+            role = _layers.kernel_attribute(layer, variable)
+            if role is None or not _watch.holds_matrices(variable):
+                continue
+            if (include is not None and not include(variable)) or (exclude is not None and exclude(variable)):
+                continue
+            if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
+                continue
+            variable.regularizer = regularizer
+            if hasattr(layer, role[1]):
+                setattr(layer, role[1], regularizer)  # what the layer's config carries
+            paths.append(variable.path)
+    _share_kernel_regularizers(model)
+    _layers.rebuild_step_functions(model)
+    return paths
+
+
+def _matcher(name, value):
+    """`variable -> bool` for a glob pattern, a list of them or a callable; None stays None."""
+    if value is None or callable(value):
+        return value
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"Argument `{name}` must be None, a glob pattern over variable paths, a list of "
+            f"them, or a callable (variable) -> bool. Received: {name}={value!r}"
+        )
+    return lambda variable: any(fnmatch.fnmatchcase(variable.path, p) for p in patterns)
+
+
+def _share_kernel_regularizers(model):
+    """Keeps the config of MultiHeadAttention-like layers in step with their projections.
+
+    Such a layer's config carries one `kernel_regularizer`, which it gives
+    every projection when it is built again (loading). Where the projections
+    now disagree, no config can say so: the layer's argument becomes None,
+    with a warning to call `regularize` again after loading.
+    """
+    for layer in _layers.layers_of(model):
+        attribute = next((a for a in _SHARED_KERNEL_REGULARIZER if a in vars(layer)), None)
+        if attribute is None or not isinstance(layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
+            continue
+        regularizers = {
+            id(v.regularizer): v.regularizer
+            for sublayer in _layers.layers_of(layer)[1:]
+            for v in _layers.own_weights(sublayer)
+            if _layers.kernel_attribute(sublayer, v) is not None
+        }
+        if len(regularizers) == 1:
+            setattr(layer, attribute, next(iter(regularizers.values())))
+        elif len(regularizers) > 1:
+            setattr(layer, attribute, None)
+            warnings.warn(
+                f"regularize: the projections of {type(layer).__name__} '{layer.name}' now have "
+                "different regularizers, and its config carries one `kernel_regularizer` for all "
+                "of them; a saved copy reloads with none. Call `keras_ortho.regularize` again "
+                "after loading it.",
+                UserWarning,
+                stacklevel=3,
+            )
