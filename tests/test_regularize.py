@@ -1,0 +1,174 @@
+"""`keras_ortho.regularize`: an OrthoRegularizer on a model that already exists."""
+
+import contextlib
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ortho
+from backends import to_numpy
+
+L = keras.layers
+
+
+def mixed_model():
+    """Conv2D, DepthwiseConv2D, LayerNormalization, MultiHeadAttention, LSTM and Dense, unregularized."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = L.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = L.Reshape((8, 64))(x)
+    x = L.LayerNormalization(name="norm")(x)
+    x = L.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")(x, x)
+    x = L.LSTM(6, name="lstm")(x)
+    outputs = L.Dense(3, name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+KERNELS = [
+    "attention/attention_output/kernel",
+    "attention/key/kernel",
+    "attention/query/kernel",
+    "attention/value/kernel",
+    "conv/kernel",
+    "depthwise/kernel",
+    "head/kernel",
+    "lstm/lstm_cell/kernel",
+    "lstm/lstm_cell/recurrent_kernel",
+]
+
+
+def penalty(model):
+    return sum(float(to_numpy(loss)) for loss in model.losses)
+
+
+def test_takes_every_kernel_and_nothing_else():
+    model = mixed_model()
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
+    assert sorted(paths) == KERNELS
+    regularized = sorted(v.path for v in model.weights if v.regularizer is not None)
+    assert regularized == KERNELS  # no bias, no LayerNormalization weight
+    assert len(model.losses) == len(KERNELS)
+
+
+def test_logger_finds_every_weight_it_returns():
+    model = mixed_model()
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
+    logger = keras_ortho.OrthoLogger()
+    logger.set_model(model)
+    logger.on_train_begin()
+    assert sorted(logger.watched_paths) == sorted(paths)
+
+
+def test_is_idempotent():
+    model = mixed_model()
+    ortho = keras_ortho.OrthoRegularizer(0.01)
+    keras_ortho.regularize(model, ortho)
+    once = penalty(model)
+    assert keras_ortho.regularize(model, ortho) == keras_ortho.regularize(model, ortho)
+    assert len(model.losses) == len(KERNELS)
+    assert penalty(model) == pytest.approx(once, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "include, exclude, expected",
+    [
+        ("*attention*", None, [p for p in KERNELS if p.startswith("attention/")]),
+        (["conv/*", "head/*"], None, ["conv/kernel", "head/kernel"]),
+        (None, "*lstm*", [p for p in KERNELS if "lstm" not in p]),
+        (lambda v: len(v.shape) == 4, None, ["conv/kernel", "depthwise/kernel"]),
+        ("*attention*", "*output*", ["attention/key/kernel", "attention/query/kernel", "attention/value/kernel"]),
+    ],
+    ids=["glob", "globs", "exclude", "callable", "both"],
+)
+def test_include_and_exclude_select_by_path(include, exclude, expected):
+    model = mixed_model()
+    # Leaving one attention projection out: its config cannot say so, and a warning does.
+    split = "output" in str(exclude)
+    with pytest.warns(UserWarning, match="different regularizers") if split else contextlib.nullcontext():
+        paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), include=include, exclude=exclude)
+    assert sorted(paths) == sorted(expected)
+    assert sorted(v.path for v in model.weights if v.regularizer is not None) == sorted(expected)
+
+
+def test_none_removes_only_keras_ortho_regularizers():
+    model = mixed_model()
+    model.get_layer("head").kernel.regularizer = keras.regularizers.L2(0.1)
+    model.get_layer("head").kernel_regularizer = keras.regularizers.L2(0.1)
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), exclude="head/*")
+    removed = keras_ortho.regularize(model, None)
+    assert sorted(removed) == [p for p in KERNELS if p != "head/kernel"]
+    assert [v.path for v in model.weights if v.regularizer is not None] == ["head/kernel"]
+    assert isinstance(model.get_layer("head").kernel_regularizer, keras.regularizers.L2)
+    assert model.get_layer("conv").kernel_regularizer is None
+
+
+def test_takes_effect_in_the_next_fit_of_a_model_trained_before():
+    model = mixed_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x, y = np.zeros((4, 8, 8, 3), "float32"), np.zeros((4, 3), "float32")
+    model.fit(x, y, epochs=1, verbose=0)  # the train function is traced without the penalty
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), include="conv/*")
+    kernel = model.get_layer("conv").kernel
+    before = to_numpy(kernel).copy()
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert not np.array_equal(to_numpy(kernel), before)  # zero data: only the penalty moves it
+    assert history.history["loss"][0] > 0
+
+
+@pytest.mark.parametrize("form", ["keras", "h5", "json"])
+def test_persists_through_saving(tmp_path, form):
+    model = mixed_model()
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.02, mode="columns"))
+    if form == "json":
+        loaded = keras.models.model_from_json(model.to_json())
+        loaded.set_weights(model.get_weights())
+    else:
+        model.save(tmp_path / f"model.{form}")
+        loaded = keras.saving.load_model(tmp_path / f"model.{form}")
+    configs = {v.path: v.regularizer.get_config() for v in loaded.weights if v.regularizer is not None}
+    assert sorted(configs) == KERNELS
+    assert all(c == {"factor": 0.02, "slice_axis": None, "mode": "columns"} for c in configs.values())
+    assert penalty(loaded) == pytest.approx(penalty(model), rel=1e-5)
+
+
+def test_mobilenet_v2_per_channel_depthwise_kernels():
+    model = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10)
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4))
+    depthwise = [layer for layer in model.layers if isinstance(layer, L.DepthwiseConv2D)]
+    convs = [layer for layer in model.layers if type(layer) is L.Conv2D]
+    assert len(depthwise) == 17 and len(paths) == len(depthwise) + len(convs) + 1  # + the classifier
+    assert not any("bn" in p or "BN" in p or p.endswith("bias") for p in paths)
+    logger = keras_ortho.OrthoLogger()
+    logger.set_model(model)
+    logger.on_train_begin()
+    assert sorted(logger.watched_paths) == sorted(paths)
+    errors = logger._probe()
+    for layer in depthwise:  # one slice per channel, not one 9C x 1 column
+        assert errors[layer.kernel.path].shape == (layer.kernel.shape[2],)
+
+
+def test_bad_arguments_are_refused_before_any_change():
+    model = mixed_model()
+    with pytest.raises(TypeError, match="Argument `regularizer`.*Received: regularizer=<.*L2"):
+        keras_ortho.regularize(model, keras.regularizers.L2(0.1))
+    with pytest.raises(TypeError, match="Argument `include`.*Received: include=3"):
+        keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(), include=3)
+    with pytest.raises(TypeError, match="Argument `model`"):
+        keras_ortho.regularize("model", keras_ortho.OrthoRegularizer())
+    unbuilt = keras.Sequential([L.Dense(3)])
+    with pytest.raises(ValueError, match="is not built"):
+        keras_ortho.regularize(unbuilt, keras_ortho.OrthoRegularizer())
+    assert all(v.regularizer is None for v in model.weights)
+
+
+def test_json_config_names_the_regularizer_for_each_layer():
+    model = mixed_model()
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), include=["depthwise/*", "lstm/*"])
+    layers = {layer["config"]["name"]: layer["config"] for layer in json.loads(model.to_json())["config"]["layers"]}
+    assert layers["depthwise"]["depthwise_regularizer"]["class_name"] == "OrthoRegularizer"
+    cell = layers["lstm"]["cell"]["config"] if "cell" in layers["lstm"] else layers["lstm"]
+    assert cell["recurrent_regularizer"]["class_name"] == "OrthoRegularizer"
+    assert layers["conv"]["kernel_regularizer"] is None
