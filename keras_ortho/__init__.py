@@ -3,8 +3,11 @@
     L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
 """
 
+from keras_ortho._command import quiet_start_up
+
 try:
-    import keras  # noqa: F401  (loads the backend KERAS_BACKEND names)
+    with quiet_start_up():
+        import keras  # noqa: F401  (loads the backend KERAS_BACKEND names)
 except ModuleNotFoundError as error:
     raise ImportError(
         f"keras_ortho: Keras could not load its backend ({error}). Install one: "

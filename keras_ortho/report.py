@@ -1,17 +1,21 @@
 """`keras-ortho report MODEL`: the orthogonality of a saved model's kernels.
 
-    python -m keras_ortho report model.keras [--all] [--json] [--plot errors.png]
+    python -m keras_ortho report model.keras [--all] [--json] [--plot errors.png] [--import MODULE]
 
 Loads a `.keras` or legacy `.h5` model and prints, for every kernel regularized
-by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too, with
-the default slicing), its path, shape, number of slices and the per-slice
-errors `sum_jk |G_i|_jk`: min, median, max and the worst slices.
+by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too),
+its path, shape, number of slices and the per-slice errors `sum_jk |G_i|_jk`:
+min, median, max and the worst slices. A model with custom layers loads once
+`--import` has imported the modules that register them.
 """
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -34,11 +38,43 @@ def load_model(path):
         raise ReportError(f"cannot read {path}: not a readable file")
     if not path.endswith((".keras", ".h5", ".hdf5")):
         raise ReportError(f"cannot load {path}: expected a .keras or .h5 model file")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ReportError(f"cannot load {path}: the file is corrupt (a .keras file is a zip archive; this is not)")
+    if path.endswith((".h5", ".hdf5")) and not _is_hdf5(path):
+        raise ReportError(f"cannot load {path}: the file is corrupt (not an HDF5 file)")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for bad files; report any in one line
         first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ReportError(f"cannot load model from {path}: {type(error).__name__}: {first_line}")
+        hint = (
+            " (a custom layer? pass --import with the module that registers it)"
+            if "deserializ" in str(error) or "Unknown" in str(error) else ""
+        )
+        raise ReportError(f"cannot load model from {path}: {type(error).__name__}: {first_line}{hint}")
+
+
+def _is_hdf5(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def import_modules(names):
+    """Imports each module (a dotted name, or a .py file) so that it registers its custom objects."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                if not os.path.isfile(name):
+                    raise ImportError(f"no such file: {name}")
+                spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(name))[0], name)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.insert(0, os.getcwd())  # as `python -m` puts it, for the console script
+                importlib.import_module(name)
+        except Exception as error:  # a module may fail in any way; report it in one line
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ReportError(f"--import {name}: {type(error).__name__}: {first_line}")
 
 
 def measure(model, include_all=False, worst=3):
@@ -106,6 +142,8 @@ def run_report(args, out=None):
     out = out or sys.stdout
     if args.plot is not None and os.path.exists(args.plot) and not args.overwrite:
         raise ReportError(f"{args.plot} exists; pass --overwrite to replace it")
+    if args.plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise ReportError(f"cannot write {args.plot}: no directory {os.path.dirname(args.plot) or '.'}")
     if args.plot is not None:
         from keras_ortho.plotting import _import_matplotlib
 
@@ -113,6 +151,7 @@ def run_report(args, out=None):
             _import_matplotlib()
         except ImportError as error:
             raise ReportError(str(error))
+    import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)
     if args.json:
@@ -128,8 +167,7 @@ def run_report(args, out=None):
         plot_errors(
             {e["path"]: np.array([e["errors"]]) for e in entries},
             path=args.plot,
-            epochs=["saved"],
-            title=os.path.basename(args.model),
+            title=f"{os.path.basename(args.model)}: errors of each slice, as saved",
         )
         if not args.json:
             out.write(f"plot written to {args.plot}\n")
@@ -155,6 +193,9 @@ def build_parser():
     report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     report.add_argument("--worst", type=_positive_int, default=3, metavar="K",
                         help="worst slices to list (default 3)")
+    report.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name or a .py file) first, for the custom "
+                             "objects it registers; repeatable")
     return parser
 
 

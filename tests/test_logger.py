@@ -318,7 +318,33 @@ def test_plot_accepts_a_dict_of_errors(tmp_path):
     errors = {"a": np.array([[1.0, 0.5], [0.1, 0.0]]), "b": np.array([[np.nan], [2.0]])}
     figure = keras_ortho.plot_errors(errors, tmp_path / "dict.png", epochs=[5, 6])
     assert [ax.get_title() for ax in figure.axes[:2]] == ["a", "b"]
-    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["5", "6"]
+    # Epoch indices 5 and 6 are Keras's "Epoch 6/..." and "Epoch 7/...".
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["6", "7"]
+    assert "as Keras prints it" in figure.axes[0].get_xlabel()
+
+
+def test_plot_draws_a_one_slice_weight_as_a_line_over_epochs():
+    errors = {"many": np.array([[1.0, 0.5], [0.1, 0.2]]), "one": np.array([[3.0], [2.0]])}
+    figure = keras_ortho.plot_errors(errors)
+    many, one = figure.axes[:2]
+    assert many.get_images() and not many.get_lines()
+    assert not one.get_images()
+    np.testing.assert_array_equal(one.get_lines()[0].get_ydata(), [3.0, 2.0])
+
+
+def test_plot_colour_scale_spans_exactly_the_data():
+    errors = {"a": np.array([[2.0, 3.0], [2.5, 2.2]])}  # a short run: less than a factor of 2
+    image = keras_ortho.plot_errors(errors).axes[0].get_images()[0]
+    assert (image.norm.vmin, image.norm.vmax) == (2.0, 3.0)
+
+
+def test_plot_of_one_point_in_time_draws_bars():
+    errors = {"heads": np.array([[1.0, 2.0, 3.0]]), "dense": np.array([[0.5]]), "conv": np.array([[4.0]])}
+    figure = keras_ortho.plot_errors(errors)
+    heads, single = figure.axes[:2]
+    assert [p.get_height() for p in heads.patches] == [1.0, 2.0, 3.0]  # one bar per slice
+    assert [t.get_text() for t in single.get_yticklabels()] == ["dense", "conv"]  # one bar per weight
+    assert [p.get_width() for p in single.patches] == [0.5, 4.0]
 
 
 def test_plot_saves_to_a_file_object_as_matplotlib_does():

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_ortho
 import reference
 from keras_ortho.report import main
 from models import mixed_layers_model
@@ -110,24 +111,89 @@ def test_model_without_regularized_kernels_says_so(tmp_path, capsys):
     assert "no kernel is regularized" in capsys.readouterr().out
 
 
-def run_cli(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_cli(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
     return subprocess.run(
         [sys.executable, "-m", "keras_ortho", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
     )
+
+
+def test_plot_into_a_missing_directory_exits_with_one_line(saved_model, tmp_path):
+    _, directory = saved_model
+    result = run_cli("report", directory / "model.keras", "--plot", tmp_path / "missing" / "errors.png")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"keras-ortho: error: cannot write {tmp_path / 'missing' / 'errors.png'}: "
+                                                  f"no directory {tmp_path / 'missing'}"]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUSTOM = """
+import keras
+
+@keras.saving.register_keras_serializable(package="custom_report_test")
+class Doubling(keras.layers.Layer):
+    def call(self, x):
+        return 2 * x
+"""
+
+
+@pytest.fixture(scope="module")
+def custom_model(tmp_path_factory):
+    """A model with a custom layer registered by `custom_layers.py`, saved."""
+    directory = tmp_path_factory.mktemp("custom")
+    (directory / "custom_layers.py").write_text(CUSTOM)
+    sys.path.insert(0, str(directory))
+    try:
+        import custom_layers
+    finally:
+        sys.path.remove(str(directory))
+    inputs = keras.Input((4,))
+    x = custom_layers.Doubling()(inputs)
+    outputs = keras.layers.Dense(3, kernel_regularizer=keras_ortho.OrthoRegularizer(0.1), name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    model.save(directory / "custom.keras")
+    return model, directory
+
+
+def test_custom_layers_load_after_import_and_the_table_is_all_there_is(custom_model):
+    model, directory = custom_model
+    without = run_cli("report", "custom.keras", cwd=directory)
+    assert without.returncode == 1 and "pass --import" in without.stderr
+    for module in ("custom_layers", "custom_layers.py"):
+        result = run_cli("report", "custom.keras", "--import", module, "--json", cwd=directory)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""  # no TensorFlow start-up lines around the output
+        report = json.loads(result.stdout)
+        expected = reference.slice_errors(model.get_layer("dense").kernel.numpy())
+        np.testing.assert_allclose(report["kernels"][0]["errors"], expected, rtol=1e-5)
+
+
+def test_an_import_that_fails_is_one_line(custom_model):
+    _, directory = custom_model
+    result = run_cli("report", "custom.keras", "--import", "no_such_module_here", cwd=directory)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "keras-ortho: error: --import no_such_module_here: ModuleNotFoundError: No module named 'no_such_module_here'"
+    ]
+
+
+def written(path, data):
+    path.write_bytes(data)
+    return path
 
 
 @pytest.mark.parametrize(
     "make,message",
     [
         (lambda d: d / "missing.keras", "no such file"),
-        (lambda d: (d / "corrupt.keras").write_bytes(b"not a zip") and d / "corrupt.keras",
-         "cannot load model from"),
+        (lambda d: written(d / "corrupt.keras", b"not a zip"), "the file is corrupt"),
+        (lambda d: written(d / "corrupt.h5", b"not hdf5"), "the file is corrupt"),
+        (lambda d: written(d / "empty.keras", b""), "the file is corrupt"),
         (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "expected a .keras or .h5"),
         (lambda d: d, "not a readable file"),
     ],
-    ids=["missing", "corrupt", "wrong type", "directory"],
+    ids=["missing", "corrupt", "corrupt h5", "empty", "wrong type", "directory"],
 )
 def test_bad_files_exit_non_zero_with_one_line_and_no_traceback(tmp_path, make, message):
     result = run_cli("report", make(tmp_path))
