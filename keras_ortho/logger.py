@@ -10,6 +10,9 @@ import numpy as np
 from keras_ortho import _backend, _layers, _validation, _watch
 
 LOG_PREFIX = "ortho/"
+TOTAL_KEY = "ortho/total"
+# With more watched weights than this, `weight_logs="auto"` writes only `ortho/total`.
+AUTO_WEIGHT_LOGS = 8
 _WEIGHT_OPTIONS = ("slice_axis", "mode")
 
 
@@ -22,10 +25,13 @@ class OrthoLogger(keras.callbacks.Callback):
     At every epoch end it writes `logs["ortho/<variable.path>"]`, the sum of
     that weight's slice errors, into the epoch logs in place, so History,
     CSVLogger, TensorBoard, EarlyStopping and ModelCheckpoint see it when they
-    are listed after this callback. Per-slice values stay out of the logs
-    unless `per_slice_logs=True` (they would flood the progress bar); they are
-    kept in `errors`, written to TensorBoard with `log_dir`, and drawn by
-    `keras_ortho.plot_errors`. Runs on the TensorFlow, JAX and PyTorch backends.
+    are listed after this callback. A model with more than 8 watched weights
+    gets one `logs["ortho/total"]` instead (the sum over all of them), so that
+    the progress bar stays one readable line; `weight_logs=True` asks for
+    every weight's key anyway. Per-slice values stay out of the logs unless
+    `per_slice_logs=True`. Everything is kept in `errors`, written to
+    TensorBoard with `log_dir`, and drawn by `keras_ortho.plot_errors`. Runs on
+    the TensorFlow, JAX and PyTorch backends.
 
     Args:
         weights: what to watch. None (default): every trainable weight of the
@@ -46,6 +52,9 @@ class OrthoLogger(keras.callbacks.Callback):
             as Keras's TensorBoard callback does) and the tensorboard package.
             In a multi-process run only the chief (process 0) writes them.
         per_slice_logs: also write `logs["ortho/<path>/slice_<i>"]` per slice.
+        weight_logs: "auto" (default): `ortho/<path>` per weight for up to 8
+            watched weights, else only `ortho/total`; True: per weight always;
+            False: only `ortho/total`.
 
     Attributes:
         errors: `{path: array of shape (epochs_recorded, num_slices)}`.
@@ -68,6 +77,7 @@ class OrthoLogger(keras.callbacks.Callback):
         every_n_batches=None,
         log_dir=None,
         per_slice_logs=False,
+        weight_logs="auto",
     ):
         super().__init__()
         slice_axis = _validation.check_slice_axis(slice_axis)
@@ -80,6 +90,11 @@ class OrthoLogger(keras.callbacks.Callback):
         if self.log_dir is not None:
             _check_summary_packages(self.log_dir)
         self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
+        if weight_logs not in ("auto", True, False):
+            raise ValueError(
+                f'Argument `weight_logs` must be "auto", True or False. Received: weight_logs={weight_logs!r}'
+            )
+        self.weight_logs = weight_logs
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.
@@ -131,7 +146,7 @@ class OrthoLogger(keras.callbacks.Callback):
             new.variable is old.variable and new.plan == old.plan
             for new, old in zip(watched, self._watched)
         )
-        if not same_weights:
+        if not same_weights or self._probe is None:
             # Another model or other weights: start a new record and a new probe.
             self._epoch_records, self._batch_records = [], []
             self._watched = watched
@@ -157,8 +172,14 @@ class OrthoLogger(keras.callbacks.Callback):
         _keep_before(self._epoch_records, epoch)
         self._epoch_records.append((epoch, errors))
         if logs is not None:
+            per_weight = self.weight_logs is True or (
+                self.weight_logs == "auto" and len(errors) <= AUTO_WEIGHT_LOGS
+            )
+            if not per_weight:
+                logs[TOTAL_KEY] = float(sum(np.sum(values) for values in errors.values()))
             for path, values in errors.items():
-                logs[f"{LOG_PREFIX}{path}"] = float(np.sum(values))
+                if per_weight:
+                    logs[f"{LOG_PREFIX}{path}"] = float(np.sum(values))
                 if self.per_slice_logs:
                     for i, value in enumerate(values):
                         logs[f"{LOG_PREFIX}{path}/slice_{i}"] = float(value)
@@ -182,9 +203,12 @@ class OrthoLogger(keras.callbacks.Callback):
         if self._requested is None:
             watched = _watch.regularized_weights(model)
             if not watched:
-                raise ValueError(
+                warnings.warn(
                     f"OrthoLogger found no trainable weight regularized by OrthoRegularizer "
-                    f"in model '{model.name}'. Pass `weights=[...]` to watch others."
+                    f"in model '{model.name}', and records nothing. Pass `weights=[...]` to "
+                    "watch others, or `keras_ortho.regularize(model, ...)` first.",
+                    RuntimeWarning,
+                    stacklevel=3,
                 )
             return watched
         by_path = {v.path: v for v in model.weights}

@@ -132,6 +132,39 @@ def test_per_slice_logs_are_optional():
     assert not [k for k in default_snapshots.epochs[0][1] if "/slice_" in k]
 
 
+def many_kernels_model(count):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    x = inputs
+    for i in range(count):
+        x = keras.layers.Dense(4, kernel_regularizer=OrthoRegularizer(0.01), name=f"d{i}")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize(
+    "count, weight_logs, per_weight",
+    [(8, "auto", True), (9, "auto", False), (9, True, True), (3, False, False)],
+)
+def test_big_models_log_one_total_unless_asked(count, weight_logs, per_weight):
+    model = many_kernels_model(count)
+    model.compile(optimizer="sgd", loss="mse")
+    logger = OrthoLogger(weight_logs=weight_logs)
+    history = model.fit(np.zeros((4, 4)), np.zeros((4, 4)), epochs=1, verbose=0, callbacks=[logger])
+    keys = sorted(k for k in history.history if k.startswith("ortho/"))
+    totals = {path: errors[0].sum() for path, errors in logger.errors.items()}
+    assert len(totals) == count  # the record keeps every weight either way
+    if per_weight:
+        assert keys == sorted(f"ortho/{p}" for p in totals)
+    else:
+        assert keys == ["ortho/total"]
+        np.testing.assert_allclose(history.history["ortho/total"][0], sum(totals.values()), rtol=1e-6)
+
+
+def test_weight_logs_is_checked():
+    with pytest.raises(ValueError, match="weight_logs='some'"):
+        OrthoLogger(weight_logs="some")
+
+
 def test_explicit_weights_on_an_unregularized_model():
     model = attention_model(regularize=False)
     query = next(v for v in model.weights if v.path.endswith("query/kernel"))
@@ -455,9 +488,12 @@ def test_non_float_weight_is_rejected():
         OrthoLogger(weights=[counter])
 
 
-def test_model_without_regularized_weights_needs_explicit_weights():
-    with pytest.raises(ValueError, match=r"no trainable weight regularized.*weights="):
-        attention_model(regularize=False).fit(*data(), epochs=1, verbose=0, callbacks=[OrthoLogger()])
+def test_model_without_regularized_weights_warns_and_records_nothing():
+    logger = OrthoLogger()
+    with pytest.warns(RuntimeWarning, match=r"no trainable weight regularized.*records nothing.*weights="):
+        history = attention_model(regularize=False).fit(*data(), epochs=2, verbose=0, callbacks=[logger])
+    assert len(history.history["loss"]) == 2  # fit ran to the end
+    assert logger.errors == {} and not [k for k in history.history if k.startswith("ortho/")]
 
 
 def test_unwritable_log_dir_fails_at_train_begin(tmp_path):
