@@ -56,7 +56,21 @@ def test_cnn_comparison(tmp_path):
     assert is_png(tmp_path / "cnn_errors.png")
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "transformer.py", "cnn_comparison.py"])
+def test_finetune(tmp_path):
+    out = run_example("finetune.py", tmp_path)
+    kernels = ["conv/kernel", "depthwise/kernel", "lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel", "head/kernel"]
+    assert f"regularized {len(kernels)} kernels of the loaded model" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] and line.split()[0] in kernels}
+    assert sorted(rows) == sorted(kernels)
+    assert rows["depthwise/kernel"][0] == "16" and rows["lstm/lstm_cell/recurrent_kernel"][0] == "4"  # per channel, per gate
+    assert "the reloaded model carries the regularizers: True" in out
+    # keras-hub comes with the test extra: its backbone, regularized per head, and again after reloading.
+    assert "keras-hub BertBackbone: regularized 8 attention kernels" in out
+    assert "4 heads" in out
+    assert "reloaded backbone carries 0 regularizers; after regularize again, same penalty: True" in out
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "transformer.py", "cnn_comparison.py", "finetune.py"])
 def test_examples_document_how_to_run_them(name):
     with open(os.path.join(EXAMPLES, name)) as f:
         assert f"python examples/{name}" in f.read()
