@@ -163,3 +163,11 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
     for v in regularized(model):
         expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
+
+
+@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"])
+def test_a_bare_variable_finds_its_layer_rule_by_itself(name):
+    model = build(name, "constructor")  # nothing of keras_ortho has met the model yet
+    for v in regularized(model):
+        expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
+        np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)

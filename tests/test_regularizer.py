@@ -286,11 +286,22 @@ def test_a_users_own_tensor_takes_the_default_rule_silently():
     np.testing.assert_allclose(float(to_numpy(value)), reference.penalty(w, 0.1), rtol=1e-5)
 
 
-def test_bias_error_names_the_weight():
-    layer = keras.layers.Dense(3, bias_regularizer=OrthoRegularizer())
+def test_bias_error_names_the_layer_and_the_weight():
+    layer = keras.layers.Dense(3, bias_regularizer=OrthoRegularizer(), name="classifier")
     layer.build((None, 4))
-    with pytest.raises(ValueError, match=r"rank >= 2.*Received: w\.shape=\(3,\), for weight 'dense.*/bias'"):
+    with pytest.raises(
+        ValueError,
+        match=r"rank >= 2.*Received: w\.shape=\(3,\), for weight 'classifier/bias' of layer 'classifier' \(Dense\)",
+    ):
         layer.losses
+
+
+def test_bias_error_names_the_layer_in_a_model_under_fit():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, bias_regularizer=OrthoRegularizer(), name="classifier")(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"for weight 'classifier/bias' of layer 'classifier' \(Dense\)"):
+        model.fit(np.zeros((2, 4)), np.zeros((2, 3)), verbose=0)
 
 
 # --- Training -------------------------------------------------------------------------
