@@ -1,5 +1,6 @@
 """Every example runs to the end in its quick mode and writes what it promises."""
 
+import json
 import math
 import os
 import subprocess
@@ -43,6 +44,16 @@ def test_transformer(tmp_path):
     assert is_png(tmp_path / "transformer_errors.png")
     assert os.listdir(tmp_path / "logs" / "ortho")  # the logger's TensorBoard run
     assert os.listdir(tmp_path / "logs" / "train")  # the TensorBoard callback's
+
+    # The saved model has custom layers: the report opens it once it imports the example.
+    report = subprocess.run(
+        [sys.executable, "-m", "keras_ortho", "report", str(tmp_path / "transformer.keras"),
+         "--import", "examples.transformer", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=os.path.dirname(EXAMPLES),
+    )
+    assert report.returncode == 0, report.stderr
+    kernels = json.loads(report.stdout)["kernels"]
+    assert len(kernels) == 8 and all(k["slices"] == 4 for k in kernels)  # 2 blocks x 4 projections, per head
 
 
 def test_cnn_comparison(tmp_path):

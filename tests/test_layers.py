@@ -74,6 +74,14 @@ LAYERS = {
         lambda **r: L.ConvLSTM1D(3, 2, **r), (4, 6, 2), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
+    "ConvLSTM2D": (
+        lambda **r: L.ConvLSTM2D(2, 2, **r), (3, 4, 4, 2), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        ["kernel_regularizer", "recurrent_regularizer"],
+    ),
+    "ConvLSTM3D": (
+        lambda **r: L.ConvLSTM3D(2, 2, **r), (2, 3, 3, 3, 1), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        ["kernel_regularizer", "recurrent_regularizer"],
+    ),
     "MultiHeadAttention": (
         lambda **r: L.MultiHeadAttention(num_heads=2, key_dim=3, **r), "sequence",
         {"query/kernel": axis(1), "key/kernel": axis(1), "value/kernel": axis(1), "attention_output/kernel": axis(0)},

@@ -53,6 +53,31 @@ def test_takes_every_kernel_and_nothing_else():
     assert len(model.losses) == len(KERNELS)
 
 
+class Subclassed(keras.Model):
+    """A subclassed model holding a nested Sequential and a GRU."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = keras.Sequential([L.Dense(8, name="inner")], name="features")
+        self.gru = L.GRU(4, name="gru")
+        self.out = L.Dense(2, name="out")
+
+    def call(self, x):
+        return self.out(self.gru(self.features(x)))
+
+
+def test_reaches_subclassed_and_nested_models():
+    model = Subclassed()
+    model(np.zeros((1, 5, 3), "float32"))
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
+    names = ["features/inner/kernel", "gru/gru_cell/kernel", "gru/gru_cell/recurrent_kernel", "out/kernel"]
+    assert sorted(paths) == [f"{model.name}/{n}" for n in names]
+    model.compile(optimizer="sgd", loss="mse")
+    before = penalty(model)
+    history = model.fit(np.zeros((4, 5, 3)), np.zeros((4, 2)), batch_size=4, epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(before, rel=1e-5)  # zero data: the loss is the penalty
+
+
 def test_logger_finds_every_weight_it_returns():
     model = mixed_model()
     paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
