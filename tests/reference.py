@@ -12,17 +12,20 @@ explicit einsums of the index formulas, in float64:
 import numpy as np
 
 
+def default_kind(w, slice_axis=None, attention_output=False):
+    """The rule the README gives a tensor with no layer (or `slice_axis`), as a kind for `slices_by`."""
+    if slice_axis is not None:
+        return ("axis", slice_axis)
+    if np.ndim(w) >= 3 and attention_output:
+        return ("axis", 0)
+    if np.ndim(w) == 3:
+        return ("axis", 1)
+    return ("matrix",)
+
+
 def slices(w, slice_axis=None, attention_output=False):
     """The list of 2-D matrices the README's slicing rules give for `w`."""
-    w = np.asarray(w, dtype=np.float64)
-    if slice_axis is None:
-        if w.ndim >= 3 and attention_output:
-            slice_axis = 0
-        elif w.ndim == 3:
-            slice_axis = 1
-        else:
-            return [w.reshape(-1, w.shape[-1])]
-    return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, slice_axis, 0)]
+    return slices_by(w, default_kind(w, slice_axis, attention_output))
 
 
 def slices_by(w, kind):
@@ -91,16 +94,4 @@ def penalty(w, factor=1.0, slice_axis=None, mode="auto", attention_output=False)
 
 def gradient(w, factor=1.0, slice_axis=None, mode="auto"):
     """dL/dw, laid out like `w`."""
-    w = np.asarray(w, dtype=np.float64)
-    grads = []
-    for p in slices(w, slice_axis):
-        signs = np.sign(residual(p, mode))
-        if resolve_mode(p, mode) == "columns":
-            grads.append(2 * factor * np.einsum("aj,jb->ab", p, signs, optimize=True))
-        else:
-            grads.append(2 * factor * np.einsum("aj,jb->ab", signs, p, optimize=True))
-    if slice_axis is None and w.ndim != 3:
-        return grads[0].reshape(w.shape)
-    axis = 1 if slice_axis is None else slice_axis
-    moved_shape = np.moveaxis(w, axis, 0).shape
-    return np.moveaxis(np.stack(grads).reshape(moved_shape), 0, axis)
+    return gradient_by(w, default_kind(w, slice_axis), factor, mode)

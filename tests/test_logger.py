@@ -13,6 +13,7 @@ import pytest
 import keras_ortho
 import reference
 from backends import BACKEND, only_on, to_numpy
+from interrupted import FailAtEpoch
 from keras_ortho import OrthoLogger, OrthoRegularizer
 
 
@@ -234,22 +235,12 @@ def test_records_under_both_jit_settings(jit_compile):
     )
 
 
-class FailAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
-
-
 def test_backup_and_restore_resume_keeps_one_row_per_epoch(tmp_path):
     model = attention_model()
     logger = OrthoLogger()
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     x, y = data()
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         model.fit(x, y, epochs=4, verbose=0, callbacks=[logger, backup, FailAtEpoch(2)])
     assert logger.epochs == [0, 1]
     snapshots = WeightSnapshots()
