@@ -24,6 +24,11 @@ import keras
 
 SUPPORTED = ("tensorflow", "jax", "torch")
 
+# Loaded once, at import where the backend is supported: `current()` is called
+# while TensorFlow traces the train step, where AutoGraph would try (and warn)
+# to convert an `importlib` call.
+_LOADED = {}
+
 
 def current():
     """The module of the running Keras backend.
@@ -33,10 +38,18 @@ def current():
             the penalty could never reach training.
     """
     name = keras.backend.backend()
+    module = _LOADED.get(name)
+    if module is not None:
+        return module
     if name not in SUPPORTED:
         raise RuntimeError(
             f"keras_ortho needs one of Keras's {', '.join(SUPPORTED)} backends "
             f"(KERAS_BACKEND); this process runs Keras on backend={name!r}, which "
             "cannot train, so its penalty would reach no gradient."
         )
-    return importlib.import_module(f"keras_ortho._backend.{name}")
+    module = _LOADED[name] = importlib.import_module(f"keras_ortho._backend.{name}")
+    return module
+
+
+if keras.backend.backend() in SUPPORTED:
+    current()
