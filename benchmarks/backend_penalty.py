@@ -87,8 +87,6 @@ def _value_and_grad(penalty, w):
 
         step = jax.jit(jax.value_and_grad(penalty))
         return lambda: jax.block_until_ready(step(w))
-    import torch
-
     leaf = w.detach().clone().requires_grad_(True)
 
     def run():

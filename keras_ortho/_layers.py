@@ -15,7 +15,7 @@ import re
 
 import keras
 
-from keras_ortho._slicing import Rule, default_rule, along, one_matrix, per_group
+from keras_ortho._slicing import along, default_rule, one_matrix, per_group
 
 L = keras.layers
 

@@ -12,7 +12,7 @@ import pytest
 
 import keras_ortho
 import reference
-from backends import BACKEND, only_on, to_numpy
+from backends import only_on, to_numpy
 from interrupted import FailAtEpoch
 from keras_ortho import OrthoLogger, OrthoRegularizer
 

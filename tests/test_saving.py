@@ -9,7 +9,6 @@ training step.
 import importlib.util
 import json
 import os
-import sys
 import textwrap
 import zipfile
 
@@ -17,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from backends import BACKEND, only_on, run_fresh, to_numpy
+from backends import only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
