@@ -116,7 +116,8 @@ def layers_of(root):
 def assign_rules(root):
     """Records on each weight inside `root` its rule and its layer."""
     for layer in layers_of(root):
-        for variable in own_weights(layer) + list(getattr(layer, "_non_trainable_variables", [])):
+        # Every weight, frozen or not: a frozen layer's kernel is still measured.
+        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
 

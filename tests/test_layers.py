@@ -179,3 +179,11 @@ def test_a_bare_variable_finds_its_layer_rule_by_itself(name):
     for v in regularized(model):
         expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
+
+
+def test_a_frozen_layer_keeps_its_rule():
+    model = build("Conv1D", "constructor")
+    model.layers[-1].trainable = False  # its kernel is no longer trainable, still a Conv1D kernel
+    kernel = model.layers[-1].kernel
+    expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(kernel), MATRIX)]
+    np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(kernel)), expected, rtol=1e-5)
