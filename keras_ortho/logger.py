@@ -199,7 +199,6 @@ class OrthoLogger(keras.callbacks.Callback):
     # --- Helpers ----------------------------------------------------------------------
 
     def _resolve(self, model):
-        _layers.assign_rules(model)
         if self._requested is None:
             watched = _watch.regularized_weights(model)
             if not watched:
@@ -211,6 +210,7 @@ class OrthoLogger(keras.callbacks.Callback):
                     stacklevel=3,
                 )
             return watched
+        _layers.assign_rules(model)  # explicit weights, sliced by their layers' rules
         by_path = {v.path: v for v in model.weights}
         watched = []
         for weight, options in self._requested:

@@ -45,12 +45,16 @@ def load_model(path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for bad files; report any in one line
-        first_line = (str(error).strip().splitlines() or [""])[0]
         hint = (
             " (a custom layer? pass --import with the module that registers it)"
             if "deserializ" in str(error) or "Unknown" in str(error) else ""
         )
-        raise ReportError(f"cannot load model from {path}: {type(error).__name__}: {first_line}{hint}")
+        raise ReportError(f"cannot load model from {path}: {_one_line(error)}{hint}")
+
+
+def _one_line(error):
+    """`Type: first line of the message`, for errors that may run to pages."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 def _is_hdf5(path):
@@ -73,8 +77,7 @@ def import_modules(names):
                     sys.path.insert(0, os.getcwd())  # as `python -m` puts it, for the console script
                 importlib.import_module(name)
         except Exception as error:  # a module may fail in any way; report it in one line
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            raise ReportError(f"--import {name}: {type(error).__name__}: {first_line}")
+            raise ReportError(f"--import {name}: {_one_line(error)}")
 
 
 def measure(model, include_all=False, worst=3):
