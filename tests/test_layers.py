@@ -8,6 +8,8 @@ keras_ortho's code: ("matrix",) all axes but the last as rows, ("axis", k)
 slices along axis k, ("gates", g) the matrix cut into g blocks of columns.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -187,3 +189,33 @@ def test_a_frozen_layer_keeps_its_rule():
     kernel = model.layers[-1].kernel
     expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(kernel), MATRIX)]
     np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(kernel)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_stateless_call_losses_follow_each_layer_rule(name):
+    """`stateless_call` (JAX's fit is built on it) hands the regularizer bare tensors."""
+    model = build(name, "constructor")  # nothing of keras_ortho has met the model yet
+    rng = np.random.default_rng(7)
+    # Other values than the variables hold, so a loss read from a variable would show.
+    values = [rng.normal(scale=0.5, size=v.shape).astype("float32") for v in model.trainable_variables]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the default rule
+        *_, losses = model.stateless_call(
+            values, [v.value for v in model.non_trainable_variables], inputs_for(name), return_losses=True
+        )
+    by_variable = {id(v): value for v, value in zip(model.trainable_variables, values)}
+    expected = sorted(reference.penalty_by(by_variable[id(v)], rule_of(name, v), FACTOR) for v in regularized(model))
+    np.testing.assert_allclose(sorted(float(to_numpy(loss)) for loss in losses), expected, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # not per head: test_regularizer
+def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
+    model = build(name, "constructor")
+    before = {v.path: to_numpy(v).copy() for v in regularized(model)}
+    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=True)
+    model.fit(inputs_for(name), epochs=1, batch_size=2, verbose=0)
+    for v in regularized(model):
+        step = (before[v.path] - to_numpy(v)) / LR
+        gradient = reference.gradient_by(before[v.path], rule_of(name, v), FACTOR)
+        np.testing.assert_allclose(step, gradient, rtol=1e-4, atol=1e-5, err_msg=v.path)
