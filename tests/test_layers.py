@@ -209,7 +209,7 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
-@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # not per head: test_regularizer
+@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # per head under jit: test_regularizer.py
 def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
     model = build(name, "constructor")
     before = {v.path: to_numpy(v).copy() for v in regularized(model)}
