@@ -50,6 +50,14 @@ def _is_depthwise(layer):
     return isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
 
 
+def _conv_groups(layer):
+    """`groups` of a grouped convolution (Conv1D/2D/3D with `groups > 1`), else None."""
+    # Keras's transposed and depthwise convolutions take no `groups`.
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
+        return layer.groups
+    return None
+
+
 def einsum_rule(equation, shape):
     """Per head for an EinsumDense kernel of rank 3, from its equation alone.
 
@@ -89,6 +97,9 @@ def rule_for(layer, variable):
         return einsum_rule(layer.equation, shape)
     if _is_depthwise(layer) or role[0] == "depthwise_kernel":
         return along(len(shape) - 2, "per channel")
+    groups = _conv_groups(layer)
+    if groups is not None and role[0] in ("kernel", "_kernel"):
+        return per_group(shape, groups, "group")
     return one_matrix(shape)
 
 

@@ -57,10 +57,16 @@ def along(axis, name):
     return Rule(None, axis, name)
 
 
-def per_group(shape, groups):
-    """The last axis split into `groups` equal blocks, one slice each (RNN gates)."""
+def per_group(shape, groups, what="gate"):
+    """The last axis split into `groups` equal blocks of columns, one slice each.
+
+    Slice `j` is `w[..., j*c:(j+1)*c]` read as a `(prod(shape[:-1]), c)` matrix,
+    `c = shape[-1] / groups`: the gates of a recurrent kernel side by side, or
+    the filter groups of a grouped convolution (`groups=g`, kernel
+    `(*spatial, cin/g, cout)`, where group `j` sees only its `cin/g` inputs).
+    """
     rows, cols = math.prod(shape[:-1]), shape[-1] // groups
-    return Rule((rows, groups, cols), 1, f"per gate ({groups})" if groups > 1 else "one matrix")
+    return Rule((rows, groups, cols), 1, f"per {what} ({groups})" if groups > 1 else "one matrix")
 
 
 class SlicePlan(NamedTuple):

@@ -29,17 +29,23 @@ def slices(w, slice_axis=None, attention_output=False):
 
 
 def slices_by(w, kind):
-    """The matrices of `w` by a layer rule: ("matrix",), ("axis", k) or ("gates", g).
+    """The matrices of `w` by a layer rule: ("matrix",), ("axis", k), ("gates", g) or ("groups", g).
 
     "matrix": all axes but the last as rows; ("axis", k): slices along axis k,
-    each reshaped to (-1, last remaining axis); ("gates", g): the matrix
-    `(prod(shape[:-1]), shape[-1])` cut into g equal blocks of columns.
+    each reshaped to (-1, last remaining axis); ("gates", g) and ("groups", g):
+    the matrix `(prod(shape[:-1]), shape[-1])` cut into g equal blocks of
+    columns (recurrent gates; the filter groups of a grouped convolution, whose
+    kernel `(*spatial, cin/g, cout)` gives group j the columns
+    `j*cout/g:(j+1)*cout/g`).
     """
     w = np.asarray(w, dtype=np.float64)
     if kind[0] == "matrix":
         return [w.reshape(-1, w.shape[-1])]
     if kind[0] == "axis":
         return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, kind[1], 0)]
+    if kind[0] == "groups":
+        width = w.shape[-1] // kind[1]
+        return [w[..., j * width:(j + 1) * width].reshape(-1, width) for j in range(kind[1])]
     matrix = w.reshape(-1, w.shape[-1])
     return np.split(matrix, kind[1], axis=1)
 
@@ -63,6 +69,8 @@ def gradient_by(w, kind, factor=1.0, mode="auto"):
     if kind[0] == "axis":
         moved_shape = np.moveaxis(w, kind[1], 0).shape
         return np.moveaxis(np.stack(grads).reshape(moved_shape), 0, kind[1])
+    if kind[0] == "groups":
+        return np.concatenate([g.reshape(w.shape[:-1] + (-1,)) for g in grads], axis=-1)
     return np.concatenate(grads, axis=1).reshape(w.shape)
 
 

@@ -5,7 +5,8 @@ with the penalty as the only loss; the step of each kernel must equal the
 numpy reference gradient of the rule written here, and `model.losses` the
 reference penalty. The rules are stated per weight, independently of
 keras_ortho's code: ("matrix",) all axes but the last as rows, ("axis", k)
-slices along axis k, ("gates", g) the matrix cut into g blocks of columns.
+slices along axis k, ("gates", g) and ("groups", g) the matrix cut into g
+blocks of columns.
 """
 
 import warnings
@@ -31,6 +32,10 @@ def gates(g):
     return ("gates", g)
 
 
+def groups(g):
+    return ("groups", g)
+
+
 # name: (layer factory taking the regularizer arguments, input shape or "tokens",
 #        {path suffix: rule}, the constructor arguments that take the regularizer)
 LAYERS = {
@@ -43,6 +48,10 @@ LAYERS = {
     "Conv1D": (lambda **r: L.Conv1D(4, 3, **r), (8, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv2D": (lambda **r: L.Conv2D(4, 3, **r), (6, 6, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv3D": (lambda **r: L.Conv3D(3, 2, **r), (4, 4, 4, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
+    "Conv1D(groups=2)": (lambda **r: L.Conv1D(6, 3, groups=2, **r), (8, 4), {"kernel": groups(2)}, ["kernel_regularizer"]),
+    "Conv2D(groups=8)": (lambda **r: L.Conv2D(8, 3, groups=8, **r), (6, 6, 8), {"kernel": groups(8)}, ["kernel_regularizer"]),
+    "Conv2D(groups=2)": (lambda **r: L.Conv2D(8, 3, groups=2, **r), (6, 6, 8), {"kernel": groups(2)}, ["kernel_regularizer"]),
+    "Conv3D(groups=3)": (lambda **r: L.Conv3D(6, 2, groups=3, **r), (4, 4, 4, 3), {"kernel": groups(3)}, ["kernel_regularizer"]),
     "Conv1DTranspose": (lambda **r: L.Conv1DTranspose(4, 3, **r), (8, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv2DTranspose": (lambda **r: L.Conv2DTranspose(4, 3, **r), (6, 6, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv3DTranspose": (lambda **r: L.Conv3DTranspose(3, 2, **r), (4, 4, 4, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
@@ -175,7 +184,7 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
 
 
-@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"])
+@pytest.mark.parametrize("name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"])
 def test_a_bare_variable_finds_its_layer_rule_by_itself(name):
     model = build(name, "constructor")  # nothing of keras_ortho has met the model yet
     for v in regularized(model):
@@ -209,7 +218,7 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
-@pytest.mark.parametrize("name", ["Conv1D", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # per head under jit: test_regularizer.py
+@pytest.mark.parametrize("name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # per head under jit: test_regularizer.py
 def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
     model = build(name, "constructor")
     before = {v.path: to_numpy(v).copy() for v in regularized(model)}
