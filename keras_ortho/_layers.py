@@ -184,9 +184,3 @@ def describe(variable):
     text = f"weight '{variable.path}'"
     return text if owner is None else f"{text} of layer {owner}"
 
-
-def rebuild_step_functions(model):
-    """Keras caches its train and test functions; a traced one would keep the old losses."""
-    if getattr(model, "compiled", False):
-        model.make_train_function(force=True)
-        model.make_test_function(force=True)

@@ -104,10 +104,20 @@ def errors_of(tensor, plan):
     return ops.reshape(_math.slice_sums(_math.gram_residual(stack, plan.mode)), (plan.num_slices,))
 
 
-def penalty_of(tensor, plan, factor):
+def slice_weight(plan, factor, reduction):
+    """What multiplies each slice's `sum_jk |G_i|_jk` in the penalty.
+
+    `factor` for "sum" (the seed's formula); `factor / k**2` for "mean", with
+    `k` the Gram's side, so that the penalty is `factor * sum_i mean_jk |G_i|_jk`
+    and one factor suits a 64-wide and a 2048-wide kernel alike.
+    """
+    return factor if reduction == "sum" else factor / plan.gram_size**2
+
+
+def penalty_of(tensor, plan, factor, reduction="sum"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
     value = _math.stack_penalty(to_stack(tensor, plan), plan.mode)
-    return ops.cast(factor * value, tensor.dtype)
+    return ops.cast(slice_weight(plan, factor, reduction) * value, tensor.dtype)
 
 
 # --- Public functions ---------------------------------------------------------
@@ -138,40 +148,48 @@ def slice_errors(w, slice_axis=None, mode="auto"):
     return errors_of(*prepare(w, slice_axis, mode))
 
 
-def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto"):
+def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum"):
     """`factor * sum_i sum_jk |G_i|_jk`, differentiable with the analytic gradient.
 
-    Same value and gradient as `OrthoRegularizer(factor, slice_axis, mode)(w)`,
-    on every backend's autodiff (`tf.GradientTape`, `jax.grad`, `backward()`).
+    Same value and gradient as `OrthoRegularizer(factor, slice_axis, mode,
+    reduction)(w)`, on every backend's autodiff (`tf.GradientTape`,
+    `jax.grad`, `backward()`).
 
     Args:
         w: a float tensor, variable or array of rank >= 2.
         factor: real number >= 0.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
+        reduction: "sum" (the formula above) or "mean":
+            `factor * sum_i mean_jk |G_i|_jk`, each slice's sum divided by its
+            Gram's `k * k` entries.
 
     Returns:
         A scalar tensor in `w`'s dtype (reduced in float32 for 16-bit weights).
     """
     factor = _validation.check_factor(factor)
+    reduction = _validation.check_reduction(reduction)
     tensor, plan = prepare(w, slice_axis, mode)
-    return penalty_of(tensor, plan, factor)
+    return penalty_of(tensor, plan, factor, reduction)
 
 
-def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto"):
+def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum"):
     """The closed-form gradient of `ortho_penalty`, without autodiff.
 
-    Columns mode: `2 factor Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
-    `2 factor sign(Phi_i Phi_i^T - I) Phi_i`, laid back into `w`'s layout.
+    Columns mode: `2 c Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
+    `2 c sign(Phi_i Phi_i^T - I) Phi_i`, laid back into `w`'s layout, with
+    `c = factor` ("sum") or `factor / k**2` ("mean").
 
     Args:
-        w, factor, slice_axis, mode: as for `ortho_penalty`.
+        w, factor, slice_axis, mode, reduction: as for `ortho_penalty`.
 
     Returns:
         A tensor of `w`'s shape and dtype.
     """
     factor = _validation.check_factor(factor)
+    reduction = _validation.check_reduction(reduction)
     tensor, plan = prepare(w, slice_axis, mode)
     stack = to_stack(tensor, plan)
     residual = _math.gram_residual(stack, plan.mode)
-    return from_stack(_math.residual_gradient(stack, residual, plan.mode, factor), plan, tensor.dtype)
+    scale = slice_weight(plan, factor, reduction)
+    return from_stack(_math.residual_gradient(stack, residual, plan.mode, scale), plan, tensor.dtype)

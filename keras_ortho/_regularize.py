@@ -5,7 +5,7 @@ import warnings
 
 import keras
 
-from keras_ortho import _layers, _watch
+from keras_ortho import _keras_compat, _layers, _watch
 from keras_ortho.regularizer import OrthoRegularizer
 
 # Layers whose config carries one `kernel_regularizer` that they pass to all
@@ -78,7 +78,7 @@ def regularize(model, regularizer, include=None, exclude=None):
                 setattr(layer, role[1], regularizer)  # what the layer's config carries
             paths.append(variable.path)
     _share_kernel_regularizers(model)
-    _layers.rebuild_step_functions(model)
+    _keras_compat.rebuild_step_functions(model)
     return paths
 
 

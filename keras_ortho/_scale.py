@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _layers, _watch
+from keras_ortho import _keras_compat, _watch
 
 LOG_KEY = "ortho/scale"
 _ATTRIBUTE = "_keras_ortho_scale"
@@ -41,6 +41,7 @@ class ScaleState(keras.metrics.Metric):
 
     def __init__(self, initial):
         super().__init__(name="keras_ortho_scale")
+        self.binding = None
         self.state = self.add_variable(
             shape=(),
             initializer=keras.initializers.Constant(initial),
@@ -59,6 +60,8 @@ class ScaleState(keras.metrics.Metric):
         return {}
 
     def save_own_variables(self, store):
+        if self.binding is None or self.binding.release_if_stale():
+            return  # the fit it belonged to is over: nothing of it goes into a file
         store["scale"] = keras.ops.convert_to_numpy(self.state)
 
     def load_own_variables(self, store):
@@ -80,7 +83,6 @@ class ScaleCallback(keras.callbacks.Callback):
         super().__init__()
         self._initial = initial
         self._state = None
-        self._bound = []
 
     def set_model(self, model):
         # Before any `on_train_begin`: BackupAndRestore restores the scale from
@@ -88,12 +90,14 @@ class ScaleCallback(keras.callbacks.Callback):
         super().set_model(model)
         attached = getattr(model, _ATTRIBUTE, None)
         if attached is not None and attached is not self._state:
-            _detach(model, attached)  # left by a callback of a fit that raised
+            attached.binding.release_if_stale()  # left by a fit that raised
         if self._state is None:
             self._state = ScaleState(self._initial)
-        if attached is not self._state:
-            object.__setattr__(model, _ATTRIBUTE, self._state)  # untracked: not a layer
-            model._seed_generators.append(self._state)
+        attached = getattr(model, _ATTRIBUTE, None)
+        if attached is None:
+            ScaleBinding(model, self._state)
+        elif attached is self._state:
+            self._state.binding.follow_running_fit()
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -109,31 +113,104 @@ class ScaleCallback(keras.callbacks.Callback):
                 f"{type(self).__name__}: this Keras release does not list the scale with the "
                 "model's state, so compiled training would not see it change."
             )
-        self._bound = _regularizers_of(model)
-        if not self._bound:
+        regularizers = _regularizers_of(model)
+        if not regularizers:
             warnings.warn(
                 f"{type(self).__name__}: model '{model.name}' has no trainable weight "
                 "regularized by OrthoRegularizer; the scale it logs acts on nothing.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        for regularizer in self._bound:
-            regularizer._scale = self._state.state
-        _layers.rebuild_step_functions(model)
+        self._state.binding.bind(regularizers)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs[LOG_KEY] = self._state.scale
 
     def on_train_end(self, logs=None):
-        for regularizer in self._bound:
-            regularizer._scale = None
-        self._bound = []
-        _detach(self.model, self._state)
-        _layers.rebuild_step_functions(self.model)
+        if self._state is not None and self._state.binding is not None:
+            self._state.binding.release()
 
     def _set_scale(self, scale):
         self._state.state.assign(np.float32(scale))
+
+
+class ScaleBinding:
+    """The scale attached to one model for one `fit`, and undone when that fit is over.
+
+    Attached, the scale is listed with the model's state; bound, every
+    OrthoRegularizer of the model multiplies its penalty by it. `fit` calls no
+    hook when it raises (an exception in any callback or step, Ctrl-C), so the
+    end of the fit is also found another way: whoever meets the binding next
+    asks whether the fit that attached it is still running (its frame on a
+    stack, `_keras_compat`) and releases it if not. Those are the regularizer
+    (`model.losses`, and every trace of a step), the state's saving, and the
+    model's `fit`, `evaluate`, `train_on_batch`, `test_on_batch`, `save` and
+    `save_weights`, guarded on the instance while attached (they run before
+    Keras collects the model's state or uses a cached step function). After a
+    release the model is as before the fit: plain factor, no scale variable,
+    step functions rebuilt.
+    """
+
+    GUARDED = ("fit", "evaluate", "train_on_batch", "test_on_batch", "save", "save_weights")
+
+    def __init__(self, model, state):
+        self.model, self.state, self.regularizers = model, state, []
+        self.fit_frame = _keras_compat.running_fit_frame(model)
+        state.binding = self
+        object.__setattr__(model, _ATTRIBUTE, state)  # untracked: not a layer
+        model._seed_generators.append(state)
+        self._shadowed = {name: vars(model)[name] for name in self.GUARDED if name in vars(model)}
+        for name in self.GUARDED:
+            object.__setattr__(model, name, self._guard(getattr(model, name)))
+
+    def _guard(self, method):
+        def guarded(*args, **kwargs):
+            self.release_if_stale()
+            return method(*args, **kwargs)
+
+        guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
+        return guarded
+
+    def follow_running_fit(self):
+        """Anchors the binding to the `fit` running now (a callback met again in a new fit)."""
+        self.fit_frame = _keras_compat.running_fit_frame(self.model)
+
+    def bind(self, regularizers):
+        self.regularizers = list(regularizers)
+        for regularizer in self.regularizers:
+            regularizer._scale = self
+        _keras_compat.rebuild_step_functions(self.model)
+
+    def is_stale(self):
+        return self.fit_frame is None or not _keras_compat.is_running(self.fit_frame)
+
+    def release_if_stale(self):
+        """Releases the binding if its fit is over; returns whether it did."""
+        if self.is_stale():
+            self.release()
+            return True
+        return False
+
+    def release(self):
+        model, state = self.model, self.state
+        for regularizer in self.regularizers:
+            if regularizer._scale is self:
+                regularizer._scale = None
+        self.regularizers, self.fit_frame = [], None
+        for name in self.GUARDED:
+            vars(model).pop(name, None)
+        for name, value in self._shadowed.items():
+            object.__setattr__(model, name, value)
+        if getattr(model, _ATTRIBUTE, None) is state:
+            object.__delattr__(model, _ATTRIBUTE)
+        model._seed_generators[:] = [s for s in model._seed_generators if s is not state]
+        state.binding = None
+        _keras_compat.rebuild_step_functions(model)
+
+    @property
+    def variable(self):
+        return self.state.state
 
 
 def _regularizers_of(model):
@@ -144,9 +221,3 @@ def _regularizers_of(model):
         if regularizer is not None:
             found[id(regularizer)] = regularizer
     return list(found.values())
-
-
-def _detach(model, state):
-    if getattr(model, _ATTRIBUTE, None) is state:
-        object.__delattr__(model, _ATTRIBUTE)
-    model._seed_generators[:] = [s for s in model._seed_generators if s is not state]

@@ -53,6 +53,18 @@ def check_mode(mode):
     return mode
 
 
+REDUCTIONS = ("sum", "mean")
+
+
+def check_reduction(reduction):
+    """`reduction` must be "sum" or "mean"."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"Argument `reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}"
+        )
+    return reduction
+
+
 def check_positive_int(name, value, allow_none=False):
     """`value` must be an int >= 1 (bool is refused), or None when allowed."""
     if value is None and allow_none:

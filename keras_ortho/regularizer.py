@@ -7,7 +7,7 @@ import keras
 
 from keras_ortho import _layers, _ops, _validation
 
-_CONFIG_KEYS = ("factor", "slice_axis", "mode")
+_CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction")
 
 try:  # Keras's own accessor; not exported, so its absence is handled (see `_weight_behind`)
     from keras.src.backend.common.stateless_scope import get_stateless_scope
@@ -37,6 +37,12 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         mode: "columns" (`Phi_i^T Phi_i ~ I`), "rows" (`Phi_i Phi_i^T ~ I`) or
             "auto" (default): columns when a slice has at least as many rows
             as columns, rows otherwise.
+        reduction: "sum" (default), the formula above; or "mean",
+            `factor * sum_i mean_jk |G_i|_jk`: each slice's sum divided by the
+            `k * k` entries of its Gram, so that one factor suits narrow and
+            wide kernels alike. `slice_errors` and `OrthoLogger` report the
+            unreduced per-slice sums either way. Configs saved without it
+            load as "sum".
 
     Example:
 
@@ -46,26 +52,28 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         )  # each head of the four projections
     """
 
-    def __init__(self, factor=0.01, slice_axis=None, mode="auto"):
+    def __init__(self, factor=0.01, slice_axis=None, mode="auto", reduction="sum"):
         self.factor = _validation.check_factor(factor)
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
+        self.reduction = _validation.check_reduction(reduction)
         self._warned_shapes = set()
-        # The scale variable of an attached OrthoSchedule/OrthoTarget (see `_scale`);
-        # not configuration: `get_config` never carries it.
+        # The `_scale.ScaleBinding` of an OrthoSchedule/OrthoTarget while its fit
+        # runs; not configuration: `get_config` never carries it.
         self._scale = None
 
     def __call__(self, x):
         variable, caller = _weight_behind(x, self)
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
-        penalty = _ops.penalty_of(tensor, plan, self.factor)
-        if self._scale is not None:
-            penalty = penalty * keras.ops.cast(self._scale, penalty.dtype)
+        penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction)
+        binding = self._scale
+        if binding is not None and not binding.release_if_stale():
+            penalty = penalty * keras.ops.cast(binding.variable, penalty.dtype)
         return penalty
 
     def get_config(self):
-        return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode}
+        return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode, "reduction": self.reduction}
 
     @classmethod
     def from_config(cls, config):
@@ -83,7 +91,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
     def __repr__(self):
         return (
             f"{type(self).__name__}(factor={self.factor!r}, "
-            f"slice_axis={self.slice_axis!r}, mode={self.mode!r})"
+            f"slice_axis={self.slice_axis!r}, mode={self.mode!r}, reduction={self.reduction!r})"
         )
 
 

@@ -103,3 +103,15 @@ def penalty(w, factor=1.0, slice_axis=None, mode="auto", attention_output=False)
 def gradient(w, factor=1.0, slice_axis=None, mode="auto"):
     """dL/dw, laid out like `w`."""
     return gradient_by(w, default_kind(w, slice_axis), factor, mode)
+
+
+def mean_penalty(w, factor=1.0, slice_axis=None, mode="auto"):
+    """`reduction="mean"`: factor * sum_i mean_jk |G_i|_jk, the mean over each Gram's k*k entries."""
+    return factor * sum(np.abs(residual(p, mode)).mean() for p in slices(w, slice_axis))
+
+
+def mean_gradient(w, factor=1.0, slice_axis=None, mode="auto"):
+    """dL/dw of `mean_penalty`: each slice's sum gradient divided by its Gram's k*k entries."""
+    sides = {residual(p, mode).shape[0] for p in slices(w, slice_axis)}
+    assert len(sides) == 1  # the slices of one weight share their shape
+    return gradient(w, factor / sides.pop() ** 2, slice_axis, mode)

@@ -71,6 +71,24 @@ def test_closed_form_gradient_matches_reference(rng, shape, slice_axis, mode):
     )
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape,slice_axis", CASES[::2])
+def test_mean_reduction_divides_each_slice_by_its_gram_entries(rng, shape, slice_axis, mode):
+    w = weights(rng, shape)
+    value, grad = value_and_grad(
+        lambda x: keras_ortho.ortho_penalty(x, 0.3, slice_axis=slice_axis, mode=mode, reduction="mean"), w
+    )
+    closed = keras_ortho.ortho_gradient(w, 0.3, slice_axis=slice_axis, mode=mode, reduction="mean")
+    np.testing.assert_allclose(value, reference.mean_penalty(w, 0.3, slice_axis, mode), rtol=1e-12)
+    expected = reference.mean_gradient(w, 0.3, slice_axis, mode)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(to_numpy(closed), expected, rtol=1e-12, atol=1e-14)
+    # slice_errors stay the unreduced sums, whatever the regularizer's reduction.
+    np.testing.assert_allclose(
+        to_numpy(keras_ortho.slice_errors(w, slice_axis, mode)), reference.slice_errors(w, slice_axis, mode), rtol=1e-12
+    )
+
+
 def test_rank3_follows_the_index_formula(rng):
     """dL/dPhi[a,i,b] = 2 f sum_j Phi[a,i,j] sign(sum_k Phi[k,i,j] Phi[k,i,b] - d_jb)."""
     w = weights(rng, (8, 3, 5))

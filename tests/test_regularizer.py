@@ -15,9 +15,9 @@ from models import mixed_layers_model
 # --- Config and serialization --------------------------------------------------
 
 CONFIGS = [
-    {"factor": 0.01, "slice_axis": None, "mode": "auto"},
-    {"factor": 0.5, "slice_axis": -1, "mode": "rows"},
-    {"factor": 0.0, "slice_axis": 2, "mode": "columns"},
+    {"factor": 0.01, "slice_axis": None, "mode": "auto", "reduction": "sum"},
+    {"factor": 0.5, "slice_axis": -1, "mode": "rows", "reduction": "mean"},
+    {"factor": 0.0, "slice_axis": 2, "mode": "columns", "reduction": "sum"},
 ]
 
 
@@ -40,6 +40,11 @@ def test_keras_serialization_round_trip(config):
     assert isinstance(restored, OrthoRegularizer)
     assert restored.get_config() == config
     assert keras.regularizers.get(serialized).get_config() == config
+
+
+def test_a_config_saved_before_reduction_existed_loads_as_sum():
+    regularizer = OrthoRegularizer.from_config({"factor": 0.1, "slice_axis": None, "mode": "auto"})
+    assert regularizer.reduction == "sum"
 
 
 def test_numpy_scalars_are_stored_as_python_numbers():
@@ -138,6 +143,7 @@ def test_unknown_shape_is_rejected():
         ({"factor": 0.1, "slice_axis": None, "mode": "auto", "scale": 2}, "scale"),
         ({"factor": -1.0, "slice_axis": None, "mode": "auto"}, "factor"),
         ({"factor": 0.1, "slice_axis": None, "mode": "diag"}, "mode"),
+        ({"factor": 0.1, "slice_axis": None, "mode": "auto", "reduction": "max"}, "reduction"),
     ],
 )
 def test_from_config_names_the_regularizer_and_the_bad_key(config, key):

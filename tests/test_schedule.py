@@ -192,7 +192,7 @@ def test_after_fit_the_regularizer_acts_with_its_own_factor_and_config():
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     model.fit(*zeros(), epochs=3, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE)])
 
-    assert regularizer.get_config() == config == {"factor": FACTOR, "slice_axis": None, "mode": "auto"}
+    assert regularizer.get_config() == config == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum"}
     assert len(model.variables) == variables
     kernel = to_numpy(layer.kernel)
     np.testing.assert_allclose(to_numpy(model.losses[0]), reference.penalty(kernel, FACTOR), rtol=1e-5)
@@ -202,6 +202,114 @@ def test_after_fit_the_regularizer_acts_with_its_own_factor_and_config():
     model.fit(*zeros(), batch_size=4, epochs=1, verbose=0, callbacks=[kernels])
     expected = kernels.begin[0] - LR * reference.gradient(kernels.begin[0], FACTOR)
     np.testing.assert_allclose(kernels.end[0], expected, rtol=1e-5, atol=1e-6)
+
+
+class RaiseAtBatch(keras.callbacks.Callback):
+    """Raises `error` at the end of training batch `batch`, as a failing callback or Ctrl-C would."""
+
+    def __init__(self, error, batch=2):
+        super().__init__()
+        self.error, self.batch = error, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            raise self.error("raised inside fit")
+
+
+SCALE_CALLBACKS = {
+    "schedule": lambda: keras_ortho.OrthoSchedule({0: 0.1}),
+    "target": lambda: keras_ortho.OrthoTarget(1e-3, initial_scale=10.0),
+}
+
+
+def crashed_fit(callback, error):
+    """A model whose scaled fit raised `error` at its third batch; with its kernel layer."""
+    model, layer = penalty_only_model()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    with pytest.raises(error, match="raised inside fit"):
+        model.fit(*zeros(samples=8), batch_size=2, epochs=2, verbose=0,
+                  callbacks=[SCALE_CALLBACKS[callback](), RaiseAtBatch(error)])
+    return model, layer
+
+
+def scale_variables(model):
+    return [v for v in model.variables if "keras_ortho_scale" in v.path]
+
+
+@pytest.mark.parametrize("first", ["losses", "evaluate", "fit"])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("callback", sorted(SCALE_CALLBACKS))
+def test_after_a_fit_that_raised_the_regularizers_act_with_their_own_factor(callback, error, first):
+    model, layer = crashed_fit(callback, error)
+    kernel = to_numpy(layer.kernel).copy()
+    plain = reference.penalty(kernel, FACTOR)
+
+    def check_losses():
+        np.testing.assert_allclose(sum(float(to_numpy(loss)) for loss in model.losses), plain, rtol=1e-5)
+
+    def check_evaluate():  # zero inputs and targets: the loss is the penalty alone
+        np.testing.assert_allclose(model.evaluate(*zeros(), verbose=0), plain, rtol=1e-5)
+
+    def check_fit():  # one step of SGD on the penalty alone, with the plain factor
+        kernels = KernelsPerEpoch(layer)
+        model.fit(*zeros(), batch_size=4, epochs=1, verbose=0, callbacks=[kernels])
+        expected = kernel - LR * reference.gradient(kernel, FACTOR)
+        np.testing.assert_allclose(kernels.end[0], expected, rtol=1e-5, atol=1e-6)
+
+    checks = {"losses": check_losses, "evaluate": check_evaluate, "fit": check_fit}
+    checks.pop(first)()  # the first use after the crash finds and releases the scale
+    assert scale_variables(model) == []
+    if first != "fit":
+        for check in checks.values():
+            check()
+        assert scale_variables(model) == []
+
+
+@pytest.mark.parametrize("callback", sorted(SCALE_CALLBACKS))
+def test_a_model_saved_right_after_a_fit_that_raised_holds_no_scale(tmp_path, callback):
+    h5py = pytest.importorskip("h5py")  # Keras's own dependency
+    model, _ = crashed_fit(callback, RuntimeError)
+    # Keras's saving function, not the model's method: nothing else meets the scale first.
+    keras.saving.save_model(model, tmp_path / "model.keras")
+    model.save_weights(tmp_path / "model.weights.h5")
+    names = []
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        weights.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    assert "layers/dense/vars/0" in names and not any("scale" in name for name in names), names
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert scale_variables(loaded) == []
+
+
+def test_a_second_fit_with_the_callback_that_crashed_goes_on():
+    callback = keras_ortho.OrthoSchedule({0: 0.5})
+    model, layer = penalty_only_model()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    with pytest.raises(RuntimeError):
+        model.fit(*zeros(samples=8), batch_size=2, epochs=1, verbose=0, callbacks=[callback, RaiseAtBatch(RuntimeError)])
+    kernels = KernelsPerEpoch(layer)
+    model.fit(*zeros(), batch_size=4, epochs=1, verbose=0, callbacks=[callback, kernels])
+    expected = kernels.begin[0] - LR * reference.gradient(kernels.begin[0], 0.5 * FACTOR)
+    np.testing.assert_allclose(kernels.end[0], expected, rtol=1e-5, atol=1e-6)
+    assert scale_variables(model) == []  # released at the end of the fit that ended well
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_mean_reduced_regularizer_steps_by_its_reduced_gradient_times_the_scale(jit_compile):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,))
+    layer = keras.layers.Dense(
+        5, kernel_regularizer=keras_ortho.OrthoRegularizer(FACTOR, reduction="mean"), name="dense"
+    )
+    model = keras.Model(x, layer(x))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
+    kernels = KernelsPerEpoch(layer)
+    model.fit(*zeros(), batch_size=4, epochs=1, verbose=0, callbacks=[keras_ortho.OrthoSchedule({0: 0.5}), kernels])
+    before = kernels.begin[0]
+    expected = before - LR * 0.5 * reference.mean_gradient(before, FACTOR)
+    np.testing.assert_allclose(kernels.end[0], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        float(to_numpy(model.losses[0])), reference.mean_penalty(kernels.end[0], FACTOR), rtol=1e-5
+    )
 
 
 def test_a_schedule_attached_to_a_model_trained_before_takes_effect():
