@@ -45,7 +45,7 @@ def build_model():
 def orthogonality_report(model):
     """`{kernel path: total error}` for every regularized kernel."""
     return {
-        v.path: float(keras.ops.sum(keras_ortho.slice_errors(v)))
+        v.path: float(keras.ops.convert_to_numpy(keras_ortho.slice_errors(v)).sum())
         for v in model.trainable_weights
         if isinstance(v.regularizer, keras_ortho.OrthoRegularizer)
     }

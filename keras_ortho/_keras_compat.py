@@ -6,6 +6,8 @@ it; `tests/test_keras_compat.py` fails loudly on such a release.
 
 import sys
 
+import keras
+
 # Modules whose frames stand between a callback hook and the code that drove it.
 _DRIVER_MODULES = ("keras.", "keras_ortho.")
 
@@ -58,3 +60,19 @@ def rebuild_step_functions(model):
     if getattr(model, "compiled", False):
         model.make_train_function(force=True)
         model.make_test_function(force=True)
+
+
+def activity_layer(regularizer, frame):
+    """The layer calling `regularizer` as its activity regularizer from `frame`, else None.
+
+    Keras's `Layer.__call__` calls `self.activity_regularizer(output)` itself,
+    on every backend and in every execution mode. If a release moved that call
+    elsewhere, an OrthoRegularizer given as activity regularizer would go
+    back to failing on the batch's shape (TensorFlow) or to a warning (tested).
+    """
+    if frame is None or frame.f_code.co_name != "__call__":
+        return None
+    layer = frame.f_locals.get("self")
+    if isinstance(layer, keras.layers.Layer) and getattr(layer, "activity_regularizer", None) is regularizer:
+        return layer
+    return None

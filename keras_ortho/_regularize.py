@@ -54,6 +54,7 @@ def regularize(model, regularizer, include=None, exclude=None):
             "Argument `regularizer` must be an OrthoRegularizer, or None to remove them. "
             f"Received: regularizer={regularizer!r}"
         )
+    include_arg, exclude_arg = include, exclude
     include = _matcher("include", include)
     exclude = _matcher("exclude", exclude)
     if not model.built:
@@ -64,21 +65,27 @@ def regularize(model, regularizer, include=None, exclude=None):
 
     _layers.assign_rules(model)
     paths = []
-    for layer in _layers.layers_of(model):
-        for variable in _layers.own_weights(layer):
-            role = _layers.kernel_attribute(layer, variable)
-            if role is None or not _watch.holds_matrices(variable):
-                continue
-            if (include is not None and not include(variable)) or (exclude is not None and exclude(variable)):
-                continue
-            if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
-                continue
-            variable.regularizer = regularizer
-            if hasattr(layer, role[1]):
-                setattr(layer, role[1], regularizer)  # what the layer's config carries
-            paths.append(variable.path)
+    for layer, variable, role in _kernels(model):
+        if (include is not None and not include(variable)) or (exclude is not None and exclude(variable)):
+            continue
+        if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
+            continue
+        variable.regularizer = regularizer
+        if hasattr(layer, role[1]):
+            setattr(layer, role[1], regularizer)  # what the layer's config carries
+        paths.append(variable.path)
     _share_kernel_regularizers(model)
     _keras_compat.rebuild_step_functions(model)
+    if not paths and regularizer is not None and (include is not None or exclude is not None):
+        warnings.warn(
+            f"regularize: no kernel of '{model.name}' is left by include={include_arg!r}, "
+            f"exclude={exclude_arg!r}, so nothing was regularized. The patterns match variable "
+            f"paths such as {_some_kernel_paths(model)}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif paths and regularizer is not None:
+        _warn_if_configs_drop(model, paths)
     return paths
 
 
@@ -125,3 +132,56 @@ def _share_kernel_regularizers(model):
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def _kernels(model):
+    """`(layer, variable, role)` for each kernel of the model (see `regularize`)."""
+    for layer in _layers.layers_of(model):
+        for variable in _layers.own_weights(layer):
+            role = _layers.kernel_attribute(layer, variable)
+            if role is not None and _watch.holds_matrices(variable):
+                yield layer, variable, role
+
+
+def _some_kernel_paths(model, count=3):
+    paths = [variable.path for _, variable, _ in _kernels(model)][:count]
+    return ", ".join(repr(p) for p in paths) if paths else "(none: the model has no kernel)"
+
+
+# Rebuilding a model from its config to see what it carries costs its memory
+# once more; above this many parameters the check is left out.
+_CONFIG_CHECK_MAX_PARAMS = 50_000_000
+
+
+def _warn_if_configs_drop(model, paths):
+    """Warns when the model's config cannot carry the regularizer of some of `paths`.
+
+    A layer that builds its sublayers itself from arguments of its own (most
+    keras-hub blocks) saves none of their regularizers: the model rebuilt from
+    its config, as loading does, would miss them. Rebuilding is the one exact
+    test, so it is done, for models up to `_CONFIG_CHECK_MAX_PARAMS` that
+    hold layers other than Keras's own.
+    """
+    if not isinstance(model, keras.Model) or model.count_params() > _CONFIG_CHECK_MAX_PARAMS:
+        return
+    # Keras's own layers and models all carry the regularizer `regularize` sets
+    # (tested for every core layer); only a model with layers of other
+    # libraries or of the user's needs rebuilding.
+    if all(type(layer).__module__.startswith("keras.") for layer in _layers.layers_of(model)):
+        return
+    try:
+        rebuilt = type(model).from_config(model.get_config())
+    except Exception:  # a model without a config cannot be saved with one either
+        return
+    carried = {v.path for _, v, _ in _kernels(rebuilt) if isinstance(v.regularizer, OrthoRegularizer)}
+    dropped = [p for p in paths if p not in carried]
+    if dropped:
+        shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
+        warnings.warn(
+            f"regularize: {len(dropped)} of the {len(paths)} kernels regularized in '{model.name}' "
+            f"belong to layers whose config cannot carry a regularizer ({shown}): `model.save` "
+            "and `to_json` keep the weights but not those regularizers. Call "
+            "`keras_ortho.regularize` again after loading the model.",
+            UserWarning,
+            stacklevel=3,
+        )

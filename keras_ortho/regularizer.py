@@ -5,7 +5,7 @@ import warnings
 
 import keras
 
-from keras_ortho import _layers, _ops, _validation
+from keras_ortho import _keras_compat, _layers, _ops, _validation
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction")
 
@@ -63,6 +63,16 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self._scale = None
 
     def __call__(self, x):
+        if not isinstance(x, keras.Variable):
+            layer = _keras_compat.activity_layer(self, sys._getframe(1))
+            if layer is not None:
+                raise ValueError(
+                    f"OrthoRegularizer is a weight regularizer, and layer '{layer.name}' "
+                    f"({type(layer).__name__}) has it as `activity_regularizer`: it would "
+                    f"measure a batch of activations of shape {tuple(x.shape)}, which holds no "
+                    "matrices of weights. Pass it as `kernel_regularizer` (or the layer's other "
+                    "weight regularizer arguments), or use `keras_ortho.regularize`."
+                )
         variable, caller = _weight_behind(x, self)
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)

@@ -88,14 +88,15 @@ def compiled(fn):
     return {"compile": torch.compile(fn)}
 
 
-def run_fresh(script, *args, timeout=300, backend=BACKEND, env=None):
+def run_fresh(script, *args, timeout=300, backend=BACKEND, env=None, cwd=None):
     """Runs `python -c script args...` in a fresh process on `backend`; fails the test on an error.
 
-    `env` adds to (or overrides) this process's environment.
+    `env` adds to (or overrides) this process's environment; `cwd` is its directory.
     """
     result = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
         timeout=timeout,
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend, **(env or {})},

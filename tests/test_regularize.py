@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -118,6 +119,35 @@ def test_include_and_exclude_select_by_path(include, exclude, expected):
     assert sorted(v.path for v in model.weights if v.regularizer is not None) == sorted(expected)
 
 
+@pytest.mark.parametrize("include, exclude", [("nomatch*", None), (None, "*"), (["x*", "y*"], None)])
+def test_patterns_that_leave_no_kernel_warn_naming_them(include, exclude):
+    model = mixed_model()
+    with pytest.warns(UserWarning, match=r"no kernel of .* is left by include=.*exclude=.*such as 'conv/kernel'") as record:
+        assert keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), include=include, exclude=exclude) == []
+    assert repr(include) in str(record[0].message) and repr(exclude) in str(record[0].message)
+    assert [v for v in model.weights if v.regularizer is not None] == []
+
+
+def test_a_keras_hub_backbone_warns_that_its_config_drops_the_regularizers(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")  # the test extra installs it
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16, max_sequence_length=6
+    )
+    with pytest.warns(UserWarning, match=r"config cannot carry a regularizer.*Call `keras_ortho.regularize` again"):
+        paths = keras_ortho.regularize(backbone, keras_ortho.OrthoRegularizer(0.01))
+    assert len(paths) >= 8
+    backbone.save(tmp_path / "bert.keras")  # what the warning says: the reloaded copy has none
+    loaded = keras.saving.load_model(tmp_path / "bert.keras")
+    assert [v.path for v in loaded.weights if v.regularizer is not None] == []
+
+
+def test_a_model_of_keras_layers_alone_gets_no_config_warning():
+    model = mixed_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
+
+
 def test_none_removes_only_keras_ortho_regularizers():
     model = mixed_model()
     model.get_layer("head").kernel.regularizer = keras.regularizers.L2(0.1)
@@ -155,7 +185,7 @@ def test_persists_through_saving(tmp_path, form):
         loaded = keras.saving.load_model(tmp_path / f"model.{form}")
     configs = {v.path: v.regularizer.get_config() for v in loaded.weights if v.regularizer is not None}
     assert sorted(configs) == KERNELS
-    assert all(c == {"factor": 0.02, "slice_axis": None, "mode": "columns"} for c in configs.values())
+    assert all(c == {"factor": 0.02, "slice_axis": None, "mode": "columns", "reduction": "sum"} for c in configs.values())
     assert penalty(loaded) == pytest.approx(penalty(model), rel=1e-5)
 
 

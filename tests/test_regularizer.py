@@ -363,3 +363,18 @@ def test_float64_models_train():
     model.fit(np.zeros((4, 8)), epochs=1, batch_size=4, verbose=0)
     step = (before - layer.kernel.numpy()) / 0.5
     np.testing.assert_allclose(step, reference.gradient(before, 0.1), rtol=1e-10, atol=1e-12)
+
+
+# --- Not a weight -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_as_activity_regularizer_it_raises_naming_the_layer(jit_compile):
+    inputs = keras.Input((4,))
+    layer = keras.layers.Dense(3, activity_regularizer=OrthoRegularizer(0.1), name="activations")
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+    with pytest.raises(ValueError, match=r"layer 'activations' \(Dense\) has it as `activity_regularizer`"):
+        model.fit(np.zeros((4, 4), "float32"), np.zeros((4, 3), "float32"), verbose=0)
+    with pytest.raises(ValueError, match="activity_regularizer"):
+        model(np.zeros((2, 4), "float32"))
