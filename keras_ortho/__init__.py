@@ -3,17 +3,21 @@
     L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
 """
 
-from keras_ortho._command import quiet_start_up
+from keras_ortho._command import running_as_command, quiet_start_up
 
 try:
     with quiet_start_up():
         import keras  # noqa: F401  (loads the backend KERAS_BACKEND names)
 except ModuleNotFoundError as error:
-    raise ImportError(
-        f"keras_ortho: Keras could not load its backend ({error}). Install one: "
-        "`pip install 'keras-ortho[tensorflow]'` (Keras's default backend), or "
-        "`pip install 'keras-ortho[jax]'` / `'keras-ortho[torch]'` with KERAS_BACKEND=jax / torch."
-    ) from error
+    _message = (
+        f"Keras could not load its backend ({error}). Set KERAS_BACKEND to the backend "
+        "you installed (KERAS_BACKEND=jax or KERAS_BACKEND=torch), or install one: "
+        "`pip install 'keras-ortho[tensorflow]'` (Keras's default backend), "
+        "`'keras-ortho[jax]'` or `'keras-ortho[torch]'`."
+    )
+    if running_as_command():  # one line for the `keras-ortho` command, no traceback
+        raise SystemExit(f"keras-ortho: error: {_message}") from None
+    raise ImportError(f"keras_ortho: {_message}") from error
 
 from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
 from keras_ortho._regularize import regularize

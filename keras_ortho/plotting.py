@@ -7,6 +7,12 @@ import numpy as np
 from keras_ortho import _validation
 
 
+# From this many weights on, one overview replaces the panel per weight.
+OVERVIEW_FROM = 13
+# Weights whose slices the overview details beside the totals.
+WORST_DETAILED = 4
+
+
 def _import_matplotlib():
     try:
         from matplotlib.colors import LogNorm
@@ -29,13 +35,19 @@ def _ticks(count, labels=None, most=8):
 def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
     """Per-slice errors of each weight, drawn for a person to read at a glance.
 
-    One panel per weight, of the kind its record calls for:
+    Up to 12 weights, one panel per weight, of the kind its record calls for:
 
     * slices by epochs: a heatmap, on a log colour scale fitted to the data;
     * a weight with one slice: its error as a line over epochs;
     * a single point in time (one row, such as a saved model's errors): the
       errors of each slice as bars, and all one-slice weights together as one
       bar each in a shared panel.
+
+    From 13 weights on (a ResNet50 has 54 kernels), one overview instead: the
+    total error of each weight (the sum over its slices) as a weights x epochs
+    heatmap, or as one bar per weight for a single point in time, and beside
+    it the per-slice detail of the 4 weights with the largest totals. Its
+    longest side stays under 2,400 px for a few hundred weights.
 
     Epochs are numbered as Keras prints them (`Epoch 1/...` is the first):
     `logger.epochs` counts from 0, and the axes show that number plus one.
@@ -81,6 +93,13 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
         )
 
     snapshot = num_rows == 1
+    if len(arrays) >= OVERVIEW_FROM:
+        figure = _overview(Figure, LogNorm, arrays, epochs, snapshot)
+        if title:
+            figure.suptitle(title)
+        if path is not None:
+            figure.savefig(path, dpi=110)
+        return figure
     panels = _panels(arrays, snapshot)
     columns = min(max_columns, len(panels))
     rows = math.ceil(len(panels) / columns)
@@ -101,10 +120,8 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
             ax.set_xticks(*_ticks(len(values), shown_epochs))
             ax.set_yticks(*_ticks(values.shape[1]))
         elif kind == "line":
-            ax.plot(shown_epochs[: len(values)], values[:, 0], marker="o", markersize=3)
-            ax.set_xlabel("epoch (as Keras prints it)")
+            _line(ax, shown_epochs[: len(values)], values[:, 0])
             ax.set_ylabel("sum |G|")
-            _log_if_wide(ax, values, "y")
         elif kind == "slices":
             ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
             ax.set_xticks(*_ticks(values.shape[1]))
@@ -156,3 +173,69 @@ def _log_if_wide(ax, values, axis):
     positive = values[np.isfinite(values) & (values > 0)]
     if positive.size and positive.max() > 100 * positive.min():
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def _line(ax, epochs, values, **style):
+    """A line over whole epochs: integer ticks, plain numbers (no offset), log if wide."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(epochs, values, marker="o", markersize=3, **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (as Keras prints it)")
+    _log_if_wide(ax, values, "y")
+    if ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
+def _overview(Figure, LogNorm, arrays, epochs, snapshot):
+    """Totals of every weight, and the slices of the worst, in one figure of bounded size."""
+    names = list(arrays)
+    totals = np.array([[np.sum(a[r]) if r < len(a) else np.nan for r in range(len(epochs))]
+                       for a in arrays.values()])  # (weights, epochs)
+    last = np.nan_to_num(totals[:, -1], nan=-np.inf)
+    # A single point in time of a one-slice weight is its total: nothing more to detail.
+    detailed = [i for i in np.argsort(-last, kind="stable") if not snapshot or arrays[names[i]].shape[1] > 1]
+    worst = [names[i] for i in detailed[:WORST_DETAILED]]
+    # One label row per weight, 0.11 in each: 200 weights are 22 in, 2,420 px at 110 dpi.
+    height = min(21.0, max(5.0, 0.11 * len(names) + 1.5))
+    figure = Figure(figsize=(15, height), layout="constrained")
+    grid = figure.add_gridspec(max(1, len(worst)), 2, width_ratios=[1.1, 1] if worst else [1, 0.001])
+    overview = figure.add_subplot(grid[:, 0])
+    label_size = 7 if len(names) <= 80 else 5
+    if snapshot:
+        overview.barh(np.arange(len(names)), totals[:, 0], height=0.8)
+        overview.set_xlabel("total error: sum over slices of sum |G_i|")
+        _log_if_wide(overview, totals[:, 0], "x")
+    else:
+        norm = _fitted_norm(LogNorm, [totals])
+        image = overview.imshow(np.ma.masked_invalid(np.clip(totals, norm.vmin, None)), aspect="auto",
+                                norm=norm, cmap="viridis", interpolation="nearest")
+        overview.set_xticks(*_ticks(len(epochs), [int(e) + 1 for e in epochs]))
+        overview.set_xlabel("epoch (as Keras prints it)")
+        figure.colorbar(image, ax=overview, label="total error (log scale)", location="left", pad=0.01)
+    overview.set_yticks(np.arange(len(names)), names, fontsize=label_size)
+    overview.set_ylim(len(names) - 0.5, -0.5)
+    overview.yaxis.tick_right()
+    overview.set_title(f"all {len(names)} weights: total error", fontsize=10)
+    for row, name in enumerate(worst):
+        ax = figure.add_subplot(grid[row, 1])
+        values = arrays[name]
+        ax.set_title(f"#{row + 1} largest: {name}", fontsize=9)
+        if snapshot:
+            ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
+            ax.set_xticks(*_ticks(values.shape[1]))
+            ax.set_xlabel("slice")
+            ax.set_ylabel("sum |G_i|")
+            _log_if_wide(ax, values, "y")
+        elif values.shape[1] == 1:
+            _line(ax, [int(e) + 1 for e in epochs[: len(values)]], values[:, 0])
+            ax.set_ylabel("sum |G_i|")
+        else:
+            norm = _fitted_norm(LogNorm, [values])
+            image = ax.imshow(np.ma.masked_invalid(np.clip(values.T, norm.vmin, None)), aspect="auto", norm=norm,
+                              cmap="viridis", interpolation="nearest")
+            ax.set_xticks(*_ticks(len(values), [int(e) + 1 for e in epochs]))
+            ax.set_yticks(*_ticks(values.shape[1]))
+            ax.set_ylabel("slice")
+            figure.colorbar(image, ax=ax, label="sum |G_i|")
+    return figure

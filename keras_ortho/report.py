@@ -151,9 +151,16 @@ def run_report(args, out=None):
         from keras_ortho.plotting import _import_matplotlib
 
         try:
-            _import_matplotlib()
+            Figure, _ = _import_matplotlib()
         except ImportError as error:
             raise ReportError(str(error))
+        formats = Figure().canvas.get_supported_filetypes()
+        extension = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if extension not in formats:
+            raise ReportError(
+                f"cannot write {args.plot}: --plot takes a file ending in one of "
+                f"{', '.join('.' + f for f in sorted(formats))}; received '.{extension}'"
+            )
     import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)

@@ -8,6 +8,7 @@ and fails if TensorFlow was installed or imported on the way.
 
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -39,6 +40,13 @@ def main():
         path = os.path.join(directory, "model.keras")
         model.save(path)
         reloaded = keras.saving.load_model(path)
+        # The command without KERAS_BACKEND: Keras's default, TensorFlow, is missing here.
+        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+        command = subprocess.run([sys.executable, "-m", "keras_ortho", "report", path],
+                                 capture_output=True, text=True, env=env, timeout=120)
+        assert command.returncode == 1 and command.stdout == "", command
+        assert len(command.stderr.strip().splitlines()) == 1, command.stderr
+        assert "KERAS_BACKEND" in command.stderr and "Traceback" not in command.stderr, command.stderr
     losses = [float(keras.ops.convert_to_numpy(v)) for v in model.losses]
     np.testing.assert_allclose([float(keras.ops.convert_to_numpy(v)) for v in reloaded.losses], losses, rtol=1e-6)
     assert "tensorflow" not in sys.modules

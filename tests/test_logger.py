@@ -356,6 +356,35 @@ def test_plot_draws_a_one_slice_weight_as_a_line_over_epochs():
     np.testing.assert_array_equal(one.get_lines()[0].get_ydata(), [3.0, 2.0])
 
 
+def test_a_line_over_epochs_has_whole_epoch_ticks_and_plain_numbers():
+    errors = {"one": np.array([[402.1], [402.15], [402.12]])}  # would draw as +4.021e2 offsets
+    figure = keras_ortho.plot_errors(errors)
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    assert all(float(t.get_text()).is_integer() for t in ax.get_xticklabels() if t.get_text())
+    assert ax.yaxis.get_offset_text().get_text() == ""
+
+
+@pytest.mark.parametrize("weights, epochs", [(54, 6), (200, 3), (82, 1)])
+def test_many_weights_give_one_overview_of_bounded_size(weights, epochs):
+    rng = np.random.default_rng(0)
+    errors = {f"block{i}/kernel": rng.uniform(0.5, 50, size=(epochs, 1 + i % 4)) for i in range(weights)}
+    figure = keras_ortho.plot_errors(errors)
+    assert max(figure.get_size_inches()) * 110 <= 2400
+    overview = figure.axes[0]
+    assert [t.get_text() for t in overview.get_yticklabels()] == list(errors)
+    totals = np.array([e.sum(axis=1) for e in errors.values()])  # (weights, epochs)
+    if epochs > 1:
+        np.testing.assert_allclose(overview.get_images()[0].get_array(), totals)
+    else:
+        np.testing.assert_allclose([p.get_width() for p in overview.patches], totals[:, 0])
+    # Beside it, the slices of the weights with the largest totals in the last epoch.
+    candidates = [n for n, e in errors.items() if epochs > 1 or e.shape[1] > 1]
+    largest = sorted(candidates, key=lambda n: -errors[n][-1].sum())[:4]
+    titles = [ax.get_title() for ax in figure.axes[1:] if ax.get_title()]
+    assert titles == [f"#{k + 1} largest: {name}" for k, name in enumerate(largest)]
+
+
 def test_plot_colour_scale_spans_exactly_the_data():
     errors = {"a": np.array([[2.0, 3.0], [2.5, 2.2]])}  # a short run: less than a factor of 2
     image = keras_ortho.plot_errors(errors).axes[0].get_images()[0]

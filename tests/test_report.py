@@ -127,6 +127,16 @@ def test_plot_into_a_missing_directory_exits_with_one_line(saved_model, tmp_path
                                                   f"no directory {tmp_path / 'missing'}"]
 
 
+def test_plot_to_a_format_matplotlib_cannot_write_exits_with_one_line(saved_model, tmp_path):
+    _, directory = saved_model
+    result = run_cli("report", directory / "model.keras", "--plot", tmp_path / "out.txt")
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--plot takes a file ending in one of" in lines[0], result.stderr
+    assert ".png" in lines[0] and "received '.txt'" in lines[0]
+    assert not (tmp_path / "out.txt").exists()
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUSTOM = """
 import keras
