@@ -119,6 +119,34 @@ def own_weights(layer):
     return list(layer._trainable_variables) if layer.trainable else []
 
 
+def own_variables(layer):
+    """All the own weights of a trainable layer, frozen ones too (LoRA's kernel, int8 kernels)."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables) if layer.trainable else []
+
+
+def weight_names(root):
+    """`{id(variable): name}`: each weight's path inside `root`, the same however it was built.
+
+    The name is the chain of layer names from `root` (left out) down to the
+    layer that holds the weight, then the weight's own name: `dense/kernel`,
+    `attention/query/kernel`, `inner/dense/kernel` for a nested model. Keras's
+    own `variable.path` depends on how the model came to be built: a
+    Sequential built with an Input says `sequential/dense/kernel`, the same
+    model loaded from `.keras` says `dense/kernel`, and a nested model loses
+    its prefix on loading. A weight reached along several paths keeps the first.
+    """
+    names = {}
+
+    def visit(layer, prefix):
+        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+            names.setdefault(id(variable), prefix + variable.name)
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            visit(child, f"{prefix}{child.name}/")
+
+    visit(root, "")
+    return names
+
+
 def layers_of(root):
     """`root` and every layer inside it, each once."""
     return list(root._flatten_layers(include_self=True, recursive=True))

@@ -22,7 +22,11 @@ def regularize(model, regularizer, include=None, exclude=None):
     ConvTranspose, DepthwiseConv, SeparableConv, SimpleRNN/GRU/LSTM/ConvLSTM
     cells, Embedding), never biases or normalization weights. Each is sliced
     by its layer's rule, as when the regularizer is given to the layer's
-    constructor.
+    constructor. Frozen kernels are left out: Keras collects no loss from
+    them. A warning names those of layers with LoRA enabled (the kernel is
+    frozen and only its low-rank factors train) and of layers quantized to
+    integers (`int8`, `int4`: no floating-point weight to train); a
+    `float8`-quantized layer keeps a trainable float kernel and is taken.
 
     The regularizer is set on each weight (so `model.losses` includes it at
     once) and on its layer's regularizer argument (so `model.save`, `.h5` and
@@ -35,12 +39,15 @@ def regularize(model, regularizer, include=None, exclude=None):
         model: a built Keras model or layer.
         regularizer: an `OrthoRegularizer`, or None to remove keras_ortho's
             regularizers from the matched kernels (others are left as they are).
-        include: None (every kernel), a glob pattern over variable paths
-            (`"*attention*"`), a list of them, or a callable `variable -> bool`.
+        include: None (every kernel), a glob pattern over the weights' paths
+            inside the model (`"*attention*"`; Keras's `variable.path` is
+            matched too), a list of them, or a callable `variable -> bool`.
         exclude: the same form; matched kernels are left out.
 
     Returns:
-        The paths of the weights whose regularizer was set (or removed).
+        The paths inside the model of the weights whose regularizer was set
+        (or removed): `dense/kernel`, the names `OrthoLogger` and the report
+        use, the same for a model as built and as loaded.
 
     Example:
 
@@ -55,8 +62,9 @@ def regularize(model, regularizer, include=None, exclude=None):
             f"Received: regularizer={regularizer!r}"
         )
     include_arg, exclude_arg = include, exclude
-    include = _matcher("include", include)
-    exclude = _matcher("exclude", exclude)
+    names = None  # set once the model is known to be built
+    include = _matcher("include", include, lambda: names)
+    exclude = _matcher("exclude", exclude, lambda: names)
     if not model.built:
         raise ValueError(
             f"Argument `model`: '{model.name}' is not built, so it has no weights yet. "
@@ -64,8 +72,14 @@ def regularize(model, regularizer, include=None, exclude=None):
         )
 
     _layers.assign_rules(model)
-    paths = []
-    for layer, variable, role in _kernels(model):
+    names = _layers.weight_names(model)
+    paths, frozen = [], []
+    for layer, variable, role in _kernels(model, usable=False):
+        if not (variable.trainable and _watch.holds_matrices(variable)):
+            reason = _why_frozen(layer)
+            if reason is not None and regularizer is not None:
+                frozen.append(f"'{names[id(variable)]}' ({reason})")
+            continue
         if (include is not None and not include(variable)) or (exclude is not None and exclude(variable)):
             continue
         if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
@@ -73,9 +87,16 @@ def regularize(model, regularizer, include=None, exclude=None):
         variable.regularizer = regularizer
         if hasattr(layer, role[1]):
             setattr(layer, role[1], regularizer)  # what the layer's config carries
-        paths.append(variable.path)
+        paths.append(names[id(variable)])
     _share_kernel_regularizers(model)
     _keras_compat.rebuild_step_functions(model)
+    if frozen:
+        warnings.warn(
+            f"regularize: left out {len(frozen)} kernel(s) that cannot train: {', '.join(frozen)}. "
+            "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
+            UserWarning,
+            stacklevel=2,
+        )
     if not paths and regularizer is not None and (include is not None or exclude is not None):
         warnings.warn(
             f"regularize: no kernel of '{model.name}' is left by include={include_arg!r}, "
@@ -89,8 +110,12 @@ def regularize(model, regularizer, include=None, exclude=None):
     return paths
 
 
-def _matcher(name, value):
-    """`variable -> bool` for a glob pattern, a list of them or a callable; None stays None."""
+def _matcher(name, value, names):
+    """`variable -> bool` for a glob pattern, a list of them or a callable; None stays None.
+
+    A pattern matches the weight's path inside the model (`names()[id(variable)]`)
+    or Keras's `variable.path`.
+    """
     if value is None or callable(value):
         return value
     patterns = [value] if isinstance(value, str) else value
@@ -99,7 +124,11 @@ def _matcher(name, value):
             f"Argument `{name}` must be None, a glob pattern over variable paths, a list of "
             f"them, or a callable (variable) -> bool. Received: {name}={value!r}"
         )
-    return lambda variable: any(fnmatch.fnmatchcase(variable.path, p) for p in patterns)
+    def matches(variable):
+        candidates = (names().get(id(variable), variable.path), variable.path)
+        return any(fnmatch.fnmatchcase(c, p) for c in candidates for p in patterns)
+
+    return matches
 
 
 def _share_kernel_regularizers(model):
@@ -134,17 +163,33 @@ def _share_kernel_regularizers(model):
             )
 
 
-def _kernels(model):
-    """`(layer, variable, role)` for each kernel of the model (see `regularize`)."""
+def _kernels(model, usable=True):
+    """`(layer, variable, role)` for each kernel of the model's trainable layers (see `regularize`).
+
+    `usable`: only the trainable floating-point ones, the kernels a regularizer can act on.
+    """
     for layer in _layers.layers_of(model):
-        for variable in _layers.own_weights(layer):
+        for variable in _layers.own_weights(layer) if usable else _layers.own_variables(layer):
             role = _layers.kernel_attribute(layer, variable)
-            if role is not None and _watch.holds_matrices(variable):
+            if role is None or len(variable.shape) < 2:
+                continue
+            if not usable or (variable.trainable and _watch.holds_matrices(variable)):
                 yield layer, variable, role
 
 
+def _why_frozen(layer):
+    """Why a trainable layer's kernel cannot train, in words, where a user would not expect it."""
+    if getattr(layer, "lora_enabled", False):
+        return f"LoRA is enabled on layer '{layer.name}': its kernel is frozen"
+    mode = getattr(layer, "quantization_mode", None)
+    if mode is not None:
+        return f"layer '{layer.name}' is quantized to {mode}"
+    return None
+
+
 def _some_kernel_paths(model, count=3):
-    paths = [variable.path for _, variable, _ in _kernels(model)][:count]
+    names = _layers.weight_names(model)
+    paths = [names[id(variable)] for _, variable, _ in _kernels(model)][:count]
     return ", ".join(repr(p) for p in paths) if paths else "(none: the model has no kernel)"
 
 
@@ -173,7 +218,8 @@ def _warn_if_configs_drop(model, paths):
         rebuilt = type(model).from_config(model.get_config())
     except Exception:  # a model without a config cannot be saved with one either
         return
-    carried = {v.path for _, v, _ in _kernels(rebuilt) if isinstance(v.regularizer, OrthoRegularizer)}
+    rebuilt_names = _layers.weight_names(rebuilt)
+    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if isinstance(v.regularizer, OrthoRegularizer)}
     dropped = [p for p in paths if p not in carried]
     if dropped:
         shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")

@@ -40,14 +40,16 @@ def holds_matrices(variable):
     return len(variable.shape) >= 2 and "float" in keras.backend.standardize_dtype(variable.dtype)
 
 
-def watch(variable, slice_axis=None, mode="auto", rule=None):
+def watch(variable, slice_axis=None, mode="auto", rule=None, path=None):
     """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
+
+    `path` names it (`_layers.weight_names` inside a model); Keras's path by default.
 
     Raises:
         TypeError, ValueError: naming the weight, when it is not floating point,
             of rank < 2, or has no axis `slice_axis`.
     """
-    path = weight_path(variable)
+    path = path if path is not None else weight_path(variable)
     if rule is None and isinstance(variable, keras.Variable):
         rule = _layers.known_rule(variable)
     try:
@@ -67,18 +69,20 @@ def regularized_weights(model, include_all=False):
     """The weights of `model` to measure, at any depth, in model order.
 
     Every trainable weight regularized by an `OrthoRegularizer`, sliced as its
-    regularizer slices it; with `include_all`, also every other floating weight
+    regularizer slices it and named by its path inside the model; with `include_all`, also every other floating weight
     of rank >= 2, with the default slicing.
     """
     _layers.assign_rules(model)  # each weight sliced by its layer's rule
+    names = _layers.weight_names(model)
     trainable = {id(v) for v in model.trainable_weights}
     watched = []
     for v in model.weights:
         regularizer = ortho_regularizer_of(v)
+        path = names.get(id(v))
         if regularizer is not None and id(v) in trainable:
-            watched.append(watch(v, regularizer.slice_axis, regularizer.mode))
+            watched.append(watch(v, regularizer.slice_axis, regularizer.mode, path=path))
         elif include_all and holds_matrices(v):
-            watched.append(watch(v))
+            watched.append(watch(v, path=path))
     return watched
 
 

@@ -211,17 +211,19 @@ class OrthoLogger(keras.callbacks.Callback):
                 )
             return watched
         _layers.assign_rules(model)  # explicit weights, sliced by their layers' rules
-        by_path = {v.path: v for v in model.weights}
+        names = _layers.weight_names(model)
+        by_path = {names.get(id(v), v.path): v for v in model.weights}
+        by_path.update({v.path: v for v in model.weights if v.path not in by_path})  # Keras's path too
         watched = []
         for weight, options in self._requested:
             if isinstance(weight, str):
                 if weight not in by_path:
                     raise ValueError(
                         f"OrthoLogger cannot watch weight '{weight}': model '{model.name}' "
-                        f"has no weight with that path. Its weights: {sorted(by_path)[:20]}"
+                        f"has no weight with that path. Its weights: {sorted(names.values())[:20]}"
                     )
                 weight = by_path[weight]
-            watched.append(_watch.watch(weight, **options))
+            watched.append(_watch.watch(weight, path=names.get(id(weight)), **options))
         return watched
 
     def _measure(self):

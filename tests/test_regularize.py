@@ -72,7 +72,7 @@ def test_reaches_subclassed_and_nested_models():
     model(np.zeros((1, 5, 3), "float32"))
     paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
     names = ["features/inner/kernel", "gru/gru_cell/kernel", "gru/gru_cell/recurrent_kernel", "out/kernel"]
-    assert sorted(paths) == [f"{model.name}/{n}" for n in names]
+    assert sorted(paths) == names  # paths inside the model, without its own name
     model.compile(optimizer="sgd", loss="mse")
     before = penalty(model)
     history = model.fit(np.zeros((4, 5, 3)), np.zeros((4, 2)), batch_size=4, epochs=1, verbose=0)
@@ -227,3 +227,36 @@ def test_json_config_names_the_regularizer_for_each_layer():
     cell = layers["lstm"]["cell"]["config"] if "cell" in layers["lstm"] else layers["lstm"]
     assert cell["recurrent_regularizer"]["class_name"] == "OrthoRegularizer"
     assert layers["conv"]["kernel_regularizer"] is None
+
+
+def dense_model():
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(6, name="hidden")
+    head = keras.layers.Dense(4, name="head")
+    return keras.Model(inputs, head(hidden(inputs))), hidden
+
+
+@pytest.mark.parametrize("change", ["lora", "int8"])
+def test_kernels_that_cannot_train_are_left_out_with_a_warning_naming_them(change):
+    model, hidden = dense_model()
+    if change == "lora":
+        hidden.enable_lora(2)
+    else:
+        hidden.quantize("int8")
+    with pytest.warns(UserWarning, match=r"left out 1 kernel\(s\) that cannot train: 'hidden/kernel'"):
+        paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.1))
+    assert paths == ["head/kernel"]
+    expected = 0.1 * np.abs(to_numpy(model.get_layer("head").kernel).T @ to_numpy(model.get_layer("head").kernel) - np.eye(4)).sum()
+    np.testing.assert_allclose(sum(float(to_numpy(v)) for v in model.losses), expected, rtol=1e-5)
+
+
+def test_a_float8_layer_keeps_a_float_kernel_and_is_regularized_as_a_matrix():
+    model, hidden = dense_model()
+    hidden.quantize("float8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.1))
+    assert sorted(paths) == ["head/kernel", "hidden/kernel"]
+    kernel = to_numpy(hidden.kernel)
+    np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(hidden.kernel)),
+                               [np.abs(kernel.T @ kernel - np.eye(6)).sum()], rtol=1e-5)

@@ -221,3 +221,22 @@ def test_console_script_is_installed():
     assert script is not None, "install the project: pip install -e '.[test]'"
     result = subprocess.run([script, "report", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "--all" in result.stdout
+
+
+def test_one_model_has_one_set_of_names_live_in_keras_and_in_h5(tmp_path):
+    """Keras names a Sequential's weights `sequential/dense/kernel` as built and `dense/kernel` from `.keras`."""
+    ortho = keras_ortho.OrthoRegularizer(0.01)
+    inner = keras.Sequential([keras.layers.Dense(3, kernel_regularizer=ortho, name="inner_dense")], name="inner")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, kernel_regularizer=ortho), inner])
+    assert model.layers[0].kernel.path.startswith("sequential/")  # what this test guards against
+    logger = keras_ortho.OrthoLogger()
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((2, 4), "float32"), np.zeros((2, 3), "float32"), verbose=0, callbacks=[logger])
+    names = ["dense/kernel", "inner/inner_dense/kernel"]
+    assert logger.watched_paths == names and list(logger.errors) == names
+    assert sorted(keras_ortho.regularize(model, ortho)) == names
+    for form in ("keras", "h5"):
+        model.save(tmp_path / f"model.{form}")
+        result = run_cli("report", tmp_path / f"model.{form}", "--json")
+        assert result.returncode == 0, result.stderr
+        assert [e["path"] for e in json.loads(result.stdout)["kernels"]] == names, form

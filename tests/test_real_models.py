@@ -1,0 +1,126 @@
+"""Every kernel of real models is sliced as the README's table says.
+
+The models are every `keras.applications` constructor (weights=None, no top,
+the smallest input each accepts) and keras-hub backbones built from their
+constructors (BERT, GPT-2, Llama with grouped-query attention, Gemma, ViT).
+`regularize` must take every kernel, and `slice_errors` of each must equal a
+numpy reference on the matrices that the rule written here gives, from the
+kernel's layer alone. All models run on TensorFlow; the other backends walk a
+subset, to keep CI inside its time.
+"""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ortho
+import reference
+from backends import BACKEND, to_numpy
+
+L = keras.layers
+
+APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
+# The smallest square input each accepts without its top; 32 for all others.
+SMALLEST = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+ON_EVERY_BACKEND = {"ResNet50", "MobileNetV2", "EfficientNetB0", "ConvNeXtTiny", "bert", "gpt2", "llama", "vit"}
+
+# Each weight a layer uses as a matrix of weights, by the attribute that holds it.
+KERNEL_ATTRIBUTES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+
+
+def rule(layer, attribute, shape):
+    """The README's slicing table, as a kind for `reference.slices_by`."""
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)) or attribute == "depthwise_kernel":
+        return ("axis", len(shape) - 2)  # per channel
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
+        return ("groups", layer.groups)
+    if isinstance(layer, L.EinsumDense) and len(shape) == 3:
+        # Each matrix maps the last contracted axis to the last kept one; the third indexes them.
+        inputs, output = re.fullmatch(r"(.+),(.+)->(.+)", layer.equation.replace(" ", "")).group(2, 3)
+        kept = [i for i, letter in enumerate(inputs) if letter in output]
+        contracted = [i for i, letter in enumerate(inputs) if letter not in output]
+        (heads,) = set(range(3)) - {kept[-1], contracted[-1]}
+        return ("axis", heads)
+    return ("matrix",)
+
+
+def kernels(model):
+    """`[(layer, attribute, variable)]` for each trainable floating kernel in the model."""
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for attribute in KERNEL_ATTRIBUTES:
+            variable = getattr(layer, attribute, None)
+            if isinstance(variable, keras.Variable) and variable.trainable and len(variable.shape) >= 2:
+                if any(v is variable for v in layer._trainable_variables):  # its own, not a sublayer's
+                    found.append((layer, attribute, variable))
+    return found
+
+
+def check_every_kernel(model):
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1.0))
+    found = kernels(model)
+    assert len(found) > 0 and sorted(paths) == sorted(v.path for _, _, v in found)
+    kinds = set()
+    for layer, attribute, variable in found:
+        kind = rule(layer, attribute, tuple(variable.shape))
+        kinds.add(kind[0])
+        matrices = reference.slices_by(to_numpy(variable), kind)
+        expected = np.array([np.abs(reference.residual(m, "auto")).sum() for m in matrices])
+        got = to_numpy(keras_ortho.slice_errors(variable))
+        assert got.shape == (len(matrices),), (variable.path, kind)
+        # float32 Grams: each entry is off by about its float32 rounding, at most ~1e-6 of |P|^2.
+        rounding = 1e-5 * np.array([np.square(m).sum() for m in matrices])
+        bad = np.abs(got - expected) > 1e-3 * expected + rounding
+        assert not bad.any(), (variable.path, kind, got[bad], expected[bad])
+    return kinds
+
+
+def application(name):
+    size = SMALLEST.get(name, 32)
+    return getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(size, size, 3))
+
+
+def backend_marks(name):
+    if name in ON_EVERY_BACKEND:
+        return []
+    return [pytest.mark.skipif(BACKEND != "tensorflow", reason="all models on TensorFlow; a subset on the others, for CI's time")]
+
+
+def test_the_walk_covers_every_application():
+    assert len(APPLICATIONS) >= 40 and {"ConvNeXtTiny", "EfficientNetB0", "ResNet50"} <= set(APPLICATIONS)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=backend_marks(n)) for n in APPLICATIONS])
+def test_every_kernel_of_a_keras_application_follows_its_layer_rule(name):
+    keras.utils.set_random_seed(0)
+    kinds = check_every_kernel(application(name))
+    if name.startswith("ConvNeXt"):
+        assert "groups" in kinds  # its depthwise convolutions are Conv2D(groups=channels)
+    if name.startswith(("MobileNet", "EfficientNet")):
+        assert "axis" in kinds  # DepthwiseConv2D per channel
+
+
+def hub_backbone(name):
+    keras_hub = pytest.importorskip("keras_hub")  # the test extra installs it
+    models = keras_hub.models
+    small = {"vocabulary_size": 64, "num_layers": 2, "hidden_dim": 16, "intermediate_dim": 32}
+    if name == "bert":
+        return models.BertBackbone(num_heads=2, max_sequence_length=8, **small)
+    if name == "gpt2":
+        return models.GPT2Backbone(num_heads=2, max_sequence_length=8, **small)
+    if name == "llama":
+        return models.LlamaBackbone(num_query_heads=4, num_key_value_heads=2, **small)
+    if name == "gemma":
+        return models.GemmaBackbone(num_query_heads=4, num_key_value_heads=2, head_dim=4, **small)
+    return models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                              mlp_dim=32)
+
+
+@pytest.mark.filterwarnings("ignore:regularize")  # their configs cannot carry regularizers (tested elsewhere)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=backend_marks(n)) for n in ["bert", "gpt2", "llama", "gemma", "vit"]])
+def test_every_kernel_of_a_keras_hub_backbone_follows_its_layer_rule(name):
+    keras.utils.set_random_seed(0)
+    kinds = check_every_kernel(hub_backbone(name))
+    assert "axis" in kinds  # per head
