@@ -130,6 +130,25 @@ def versions(m):
     return ", ".join(f"{label} {m[key]}" for key, label in names.items() if m.get(key))
 
 
+def steps_table(by_backend):
+    """One row per backend and model: ms per step of each variant, and the ratios."""
+    lines = [
+        "| backend | model | kernels | plain ms | regularized ms | lazy (1 in 16) ms | penalty alone ms "
+        "| regularized/plain | lazy/plain | overhead/penalty alone |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, section in by_backend.items():
+        for r in section["rows"]:
+            ms, iqr = r["ms"], r["iqr_ms"]
+            cell = lambda v: f"{ms[v]:.1f} (IQR {iqr[v]:.1f})"  # noqa: E731
+            lines.append(
+                f"| {backend} ({r['execution']}) | {r['model']} | {r['kernels']} | {cell('plain')} | {cell('ortho')} "
+                f"| {cell('lazy')} | {cell('penalty')} | {r['ortho_over_plain']:.2f} | {r['lazy_over_plain']:.2f} "
+                f"| {r['overhead_over_penalty']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def markdown(results):
     m = results["machine"]
     parts = [
@@ -163,6 +182,14 @@ def markdown(results):
             "## TensorFlow: penalty plus gradient, other dtypes and execution modes", "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) != ("float32", "graph")),
             "",
+        ]
+    if results.get("steps"):
+        parts += [
+            "## Training step of real models, on each backend", "",
+            "Per step, from `fit` epochs of 16 steps (so `lazy` holds one regularized step); "
+            "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it; "
+            "`overhead/penalty alone` is `(regularized - plain) / penalty alone`.", "",
+            steps_table(results["steps"]), "",
         ]
     if "training" in results:
         parts += ["## Training step", "", training_table(results["training"]), ""]

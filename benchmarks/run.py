@@ -1,6 +1,6 @@
 """Benchmarks for keras_ortho, one entry point.
 
-    python benchmarks/run.py            # full run, about 12 minutes on 2 cores
+    python benchmarks/run.py            # full run, about 20 minutes on 2 cores
     python benchmarks/run.py --quick    # about a minute: checks the harness works
     python benchmarks/run.py --backends jax,torch --sections backends
 
@@ -34,10 +34,14 @@ SECTIONS = {
     "backends": ("penalty + gradient on each Keras backend", "backend_penalty", BACKENDS),
     "penalty": ("TensorFlow: penalty + gradient per shape, dtype and execution mode", "penalty", ("tensorflow",)),
     "training": ("TensorFlow: training-step cost of the regularizers", "training", ("tensorflow",)),
+    "steps": ("training step of real models: plain, regularized, lazy, penalty alone", "step_cost", BACKENDS),
     "logger": ("TensorFlow: OrthoLogger overhead per epoch and per batch", "logger_overhead", ("tensorflow",)),
     "huge": ("TensorFlow: Embedding(1_000_000, 128), time and peak memory", "huge", ("tensorflow",)),
     "collectives": ("JAX: collectives of penalty + gradient per sharding layout", "collectives", ("jax",)),
 }
+
+# Sections measured on every backend: their results are kept per backend.
+PER_BACKEND = ("backends", "steps")
 
 
 def run_worker(backend, sections, quick):
@@ -89,15 +93,16 @@ def main(argv=None):
     out = args.out or HERE / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
 
-    results = {"machine": harness.machine_stamp(), "quick": args.quick, "backends": {}}
+    results = {"machine": harness.machine_stamp(), "quick": args.quick, **{name: {} for name in PER_BACKEND}}
     print(f"machine: {results['machine']}")
     for backend in backends:
         mine = [s for s in sections if backend in SECTIONS[s][2]]
         if not mine:
             continue
         measured = spawn(backend, mine, args.quick)
-        if "backends" in measured:
-            results["backends"][backend] = measured.pop("backends")
+        for name in PER_BACKEND:
+            if name in measured:
+                results[name][backend] = measured.pop(name)
         results.update(measured)
 
     harness.write_json(out / "results.json", results)

@@ -76,13 +76,27 @@ class ScaleState(keras.metrics.Metric):
 class ScaleCallback(keras.callbacks.Callback):
     """What `OrthoSchedule` and `OrthoTarget` share: attaching the scale and logging it.
 
-    Subclasses assign `self._state.state` in their epoch hooks.
+    Subclasses set the epoch's scale with `_set_scale` in their epoch hooks.
+
+    With `every > 1` (lazy regularization), the scale variable holds
+    `every * scale` on one training step in `every` (the first of the fit, and
+    every `every`-th after it) and 0 on the others, where each regularizer
+    computes nothing (`_math`-free branch of a `cond`); during evaluation it
+    holds the plain scale. The batch hooks that do this exist only then, so a
+    fit without them keeps Keras's asynchronous stepping.
     """
 
-    def __init__(self, initial):
+    def __init__(self, initial, every=1):
         super().__init__()
         self._initial = initial
         self._state = None
+        self.every = every
+        self._scale_value = initial
+        self._steps = 0
+        if every > 1:
+            self.on_train_batch_begin = self._lazy_step
+            self.on_test_begin = self._plain_for_evaluation
+            self.on_test_end = self._lazy_after_evaluation
 
     def set_model(self, model):
         # Before any `on_train_begin`: BackupAndRestore restores the scale from
@@ -121,18 +135,38 @@ class ScaleCallback(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        self._state.binding.bind(regularizers)
+        self._state.binding.bind(regularizers, lazy=self.every > 1)
+        self._steps = 0
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs[LOG_KEY] = self._state.scale
+            logs[LOG_KEY] = self._scale_value if self.every > 1 else self._state.scale
 
     def on_train_end(self, logs=None):
         if self._state is not None and self._state.binding is not None:
             self._state.binding.release()
 
     def _set_scale(self, scale):
-        self._state.state.assign(np.float32(scale))
+        self._scale_value = scale
+        if self.every == 1:
+            self._state.state.assign(np.float32(scale))
+
+    def _lazy_step(self, batch, logs=None):
+        # Reading `self.model` first: on JAX it hands the running state back to
+        # the variables, and the next step takes it from them, this one included.
+        _ = self.model
+        on = self._steps % self.every == 0
+        self._state.state.assign(np.float32(self.every * self._scale_value if on else 0.0))
+        self._steps += 1
+
+    def _plain_for_evaluation(self, logs=None):
+        _ = self.model
+        self._lazy_value = keras.ops.convert_to_numpy(self._state.state)
+        self._state.state.assign(np.float32(self._scale_value))
+
+    def _lazy_after_evaluation(self, logs=None):
+        _ = self.model
+        self._state.state.assign(self._lazy_value)
 
 
 class ScaleBinding:
@@ -155,7 +189,7 @@ class ScaleBinding:
     GUARDED = ("fit", "evaluate", "train_on_batch", "test_on_batch", "save", "save_weights")
 
     def __init__(self, model, state):
-        self.model, self.state, self.regularizers = model, state, []
+        self.model, self.state, self.regularizers, self.lazy = model, state, [], False
         self.fit_frame = _keras_compat.running_fit_frame(model)
         state.binding = self
         object.__setattr__(model, _ATTRIBUTE, state)  # untracked: not a layer
@@ -176,7 +210,8 @@ class ScaleBinding:
         """Anchors the binding to the `fit` running now (a callback met again in a new fit)."""
         self.fit_frame = _keras_compat.running_fit_frame(self.model)
 
-    def bind(self, regularizers):
+    def bind(self, regularizers, lazy=False):
+        self.lazy = lazy
         self.regularizers = list(regularizers)
         for regularizer in self.regularizers:
             regularizer._scale = self

@@ -76,11 +76,19 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         variable, caller = _weight_behind(x, self)
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
-        penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction)
         binding = self._scale
-        if binding is not None and not binding.release_if_stale():
-            penalty = penalty * keras.ops.cast(binding.variable, penalty.dtype)
-        return penalty
+        if binding is None or binding.release_if_stale():
+            return _ops.penalty_of(tensor, plan, self.factor, self.reduction)
+        scale = binding.variable
+
+        def scaled():
+            penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction)
+            return penalty * keras.ops.cast(scale, penalty.dtype)
+
+        if not binding.lazy:
+            return scaled()
+        # Lazy regularization: on the steps whose scale is 0 nothing is computed.
+        return keras.ops.cond(scale > 0, scaled, lambda: keras.ops.zeros((), dtype=tensor.dtype))
 
     def get_config(self):
         return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode, "reduction": self.reduction}

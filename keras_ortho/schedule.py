@@ -20,7 +20,19 @@ class OrthoSchedule(_scale.ScaleCallback):
         schedule: either `{epoch: scale}`, piecewise constant: epoch `e` (counted
             from 0, as `fit` counts) takes the value of the largest key `<= e`,
             and 1.0 before the first key; or a callable `epoch -> scale`.
-            Scales are real numbers >= 0; 0 switches the penalty off.
+            Scales are real numbers >= 0; 0 switches the penalty off. None
+            (default): 1.0 throughout.
+        every: lazy regularization, as StyleGAN2's lazy R1 (Karras et al.
+            2020): the penalty is evaluated on one training step in `every`
+            (the first of the fit and every `every`-th after it), with `every`
+            times the scale, and not computed at all on the others. The
+            expected gradient is the same; the penalty's cost per step is
+            divided by `every`. Evaluation (`validation_data`) sees the plain
+            scale. Defaults to 1 (every step).
+
+    Example, the penalty on one step in 16, with 16 times its weight:
+
+        model.fit(x, y, epochs=10, callbacks=[keras_ortho.OrthoSchedule(every=16)])
 
     Example, the step decay of Bansal et al. 2018 (times 1e-3 from epoch 20, and
     so on, off from epoch 120):
@@ -29,9 +41,10 @@ class OrthoSchedule(_scale.ScaleCallback):
         model.fit(x, y, epochs=200, callbacks=[schedule])
     """
 
-    def __init__(self, schedule):
-        self._schedule = _check_schedule(schedule)
-        super().__init__(initial=self.scale_at(0))
+    def __init__(self, schedule=None, every=1):
+        self._schedule = _check_schedule({} if schedule is None else schedule)
+        every = _validation.check_positive_int("every", every)
+        super().__init__(initial=self.scale_at(0), every=every)
 
     def scale_at(self, epoch):
         """The scale of epoch `epoch` (0-based)."""

@@ -312,6 +312,53 @@ def test_a_mean_reduced_regularizer_steps_by_its_reduced_gradient_times_the_scal
     )
 
 
+class KernelsPerBatch(keras.callbacks.Callback):
+    """The kernel after each training batch."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.after = layer, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after.append(to_numpy(self.model.get_layer(self.layer.name).kernel).copy())
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_lazy_regularization_steps_every_nth_batch_by_n_times_the_gradient(jit_compile):
+    every, scale = 3, 0.5
+    model, layer = penalty_only_model()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
+    kernels = KernelsPerBatch(layer)
+    before = to_numpy(layer.kernel).copy()
+    model.fit(*zeros(samples=14), batch_size=2, epochs=1, verbose=0,
+              callbacks=[keras_ortho.OrthoSchedule({0: scale}, every=every), kernels])
+    assert len(kernels.after) == 7
+    for step, after in enumerate(kernels.after):
+        if step % every == 0:  # steps 0, 3, 6: the penalty, times `every`
+            expected = before - LR * every * scale * reference.gradient(before, FACTOR)
+        else:
+            expected = before  # nothing else moves the kernel on zero data
+        np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        before = after
+
+
+def test_lazy_regularization_leaves_evaluation_and_the_logs_with_the_plain_scale():
+    model, layer = penalty_only_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # the kernel stays put
+    history = model.fit(*zeros(samples=6), batch_size=2, epochs=2, verbose=0, validation_data=zeros(),
+                        callbacks=[keras_ortho.OrthoSchedule({1: 0.5}, every=4)])
+    plain = reference.penalty(to_numpy(layer.kernel), FACTOR)
+    np.testing.assert_allclose(history.history["val_loss"], [plain, 0.5 * plain], rtol=1e-5)
+    assert history.history["ortho/scale"] == [1.0, 0.5]
+    np.testing.assert_allclose(float(to_numpy(model.losses[0])), plain, rtol=1e-5)  # released after fit
+
+
+@pytest.mark.parametrize("every", [0, -1, 1.5, True])
+def test_every_must_be_a_positive_int(every):
+    with pytest.raises(ValueError, match=rf"Argument `every`.*Received: every={every!r}"):
+        keras_ortho.OrthoSchedule(every=every)
+
+
 def test_a_schedule_attached_to_a_model_trained_before_takes_effect():
     model, layer = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")

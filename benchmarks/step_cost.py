@@ -1,0 +1,171 @@
+"""What the penalty costs inside a training step of real models, on the running backend.
+
+For ResNet50 (32x32 images, batch 32) and a small BERT (4 layers, 256 wide,
+sequences of 128, batch 16), from the same initial weights and batches, timed
+interleaved in one process:
+
+* `plain`: `fit` without regularizer.
+* `ortho`: every kernel regularized by `OrthoRegularizer(1e-2, reduction="mean")`
+  (per channel, per head, as the layers slice them).
+* `lazy`: the same, with `OrthoSchedule(every=16)`: the penalty on one step
+  in 16, with 16 times the weight (StyleGAN2's lazy regularization).
+* `penalty`: the penalty of every kernel and its gradient alone, compiled
+  as the backend's `fit` runs it (TensorFlow graph, `jax.jit`, PyTorch eagerly).
+
+Each round runs one `fit` of 32 steps per variant (in a rotating order) on
+data in memory and times its last 16 steps, one lazy period, with a callback
+(the first 16 hold the tracing); the figures are medians per step over rounds.
+`overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
+costs inside the step what it costs alone.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+import keras_ortho
+
+from harness import EXECUTION, median_times
+
+STEPS = 16  # timed steps per fit: one lazy period
+EVERY = 16
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Seconds per step over the last `STEPS` steps of a fit of `2 * STEPS`."""
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    @property
+    def per_step(self):
+        return (self.ends[-1] - self.ends[-STEPS - 1]) / STEPS
+
+
+def resnet(quick):
+    size, batch = (32, 8) if quick else (32, 32)
+    constructor = keras.applications.MobileNetV3Small if quick else keras.applications.ResNet50
+    model = constructor(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(2 * STEPS * batch, size, size, 3)).astype("float32")
+    y = rng.integers(0, 10, size=2 * STEPS * batch)
+    return model, x, y, batch
+
+
+def bert(quick):
+    import keras_hub
+
+    layers, width, length, batch = (1, 32, 16, 4) if quick else (4, 256, 128, 16)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=1000, num_layers=layers, num_heads=4, hidden_dim=width, intermediate_dim=4 * width,
+        max_sequence_length=length,
+    )
+    tokens = keras.Input((length,), dtype="int32")
+    features = backbone({"token_ids": tokens, "segment_ids": keras.ops.zeros_like(tokens),
+                         "padding_mask": keras.ops.ones_like(tokens)})["pooled_output"]
+    model = keras.Model(tokens, keras.layers.Dense(2)(features))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 1000, size=(2 * STEPS * batch, length)).astype("int32")
+    y = rng.integers(0, 2, size=2 * STEPS * batch)
+    return model, x, y, batch
+
+
+MODELS = {"ResNet50 32x32": resnet, "BERT 4x256": bert}
+
+
+def _fit_call(build, variant, quick):
+    keras.utils.set_random_seed(0)
+    model, x, y, batch = build(quick)
+    if variant != "plain":
+        keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-2, reduction="mean"))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = StepTimer()
+    callbacks = ([keras_ortho.OrthoSchedule(every=EVERY)] if variant == "lazy" else []) + [timer]
+
+    def call():
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+        return timer.per_step
+
+    return call, model
+
+
+def _penalty_alone(model):
+    """Value and gradient of the penalty of every regularized kernel, compiled as `fit` runs it."""
+    kernels = [v for v in model.trainable_weights if isinstance(v.regularizer, keras_ortho.OrthoRegularizer)]
+    backend = keras.backend.backend()
+
+    def total(variables):
+        return sum(v.regularizer(v) for v in variables)
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                value = total(kernels)
+            return value, tape.gradient(value, [v.value for v in kernels])
+
+        return run, len(kernels)
+    if backend == "jax":
+        import jax
+
+        def of_values(values):
+            with keras.StatelessScope(list(zip(kernels, values))):
+                return total(kernels)
+
+        step = jax.jit(jax.value_and_grad(of_values))
+        values = [v.value for v in kernels]
+        return (lambda: jax.block_until_ready(step(values))), len(kernels)
+    parameters = [v.value for v in kernels]
+
+    def run():
+        for p in parameters:
+            p.grad = None
+        total(kernels).backward()
+
+    return run, len(kernels)
+
+
+def interleaved(calls, rounds):
+    """`{variant: (median, IQR)}` of what each call returns, called in rotating order."""
+    names = list(calls)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(calls[name]())
+    return {n: (float(np.median(s)), float(np.subtract(*np.percentile(s, [75, 25])))) for n, s in samples.items()}
+
+
+def run(quick, log=print):
+    rounds = 2 if quick else 5
+    rows = []
+    for name, build in MODELS.items():
+        name = name if not quick else f"{name} (quick: tiny)"
+        calls = {}
+        for variant in ("plain", "ortho", "lazy"):
+            calls[variant], model = _fit_call(build, variant, quick)
+        penalty, kernels = _penalty_alone(model)
+        per_step = interleaved(calls, rounds)
+        alone = median_times({"penalty": penalty}, rounds=rounds * 4, calls=2, warmup=2)["penalty"]
+        ms = {v: median * 1e3 for v, (median, _) in per_step.items()}
+        spread = {v: iqr * 1e3 for v, (_, iqr) in per_step.items()}
+        ms["penalty"], spread["penalty"] = alone["median_s"] * 1e3, alone["iqr_s"] * 1e3
+        row = {
+            "model": name,
+            "kernels": kernels,
+            "execution": EXECUTION[keras.backend.backend()],
+            "ms": ms,
+            "iqr_ms": spread,
+            "ortho_over_plain": ms["ortho"] / ms["plain"],
+            "lazy_over_plain": ms["lazy"] / ms["plain"],
+            "overhead_over_penalty": (ms["ortho"] - ms["plain"]) / ms["penalty"],
+        }
+        log(f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
+            f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}")
+        rows.append(row)
+    return {"rows": rows, "steps_per_call": STEPS, "every": EVERY}
