@@ -130,12 +130,24 @@ def versions(m):
     return ", ".join(f"{label} {m[key]}" for key, label in names.items() if m.get(key))
 
 
+def layout_table(by_backend):
+    """For slices along a middle axis: how much of ours/floor is the layout change itself."""
+    lines = ["| kernel | backend | ours/floor | (floor + layout change)/floor | ours/(floor + layout change) |",
+             "|---|---|---|---|---|"]
+    for backend, section in by_backend.items():
+        for r in section["rows"]:
+            if "layout/floor" in r:
+                lines.append(f"| {r['kernel']} | {backend} ({r['execution']}) | {r['ours/floor']:.2f} "
+                             f"| {r['layout/floor']:.2f} | {r['ours/(floor+layout)']:.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def steps_table(by_backend):
     """One row per backend and model: ms per step of each variant, and the ratios."""
     lines = [
         "| backend | model | kernels | plain ms | regularized ms | lazy (1 in 16) ms | penalty alone ms "
-        "| regularized/plain | lazy/plain | overhead/penalty alone |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| regularized/plain | lazy/plain | overhead/penalty alone | penalty GFLOP/s (of matmul's) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, section in by_backend.items():
         for r in section["rows"]:
@@ -144,7 +156,7 @@ def steps_table(by_backend):
             lines.append(
                 f"| {backend} ({r['execution']}) | {r['model']} | {r['kernels']} | {cell('plain')} | {cell('ortho')} "
                 f"| {cell('lazy')} | {cell('penalty')} | {r['ortho_over_plain']:.2f} | {r['lazy_over_plain']:.2f} "
-                f"| {r['overhead_over_penalty']:.2f} |"
+                f"| {r['overhead_over_penalty']:.2f} | {r['penalty_gflops']:.0f} ({r['penalty_over_matmul']:.0%}) |"
             )
     return "\n".join(lines)
 
@@ -169,6 +181,15 @@ def markdown(results):
             "each backend in its own process.", "",
             backends_table(results["backends"]), "",
         ]
+        layout = layout_table(results["backends"])
+        if layout:
+            parts += [
+                "### Slices along a middle axis: the layout change, measured", "",
+                "The floor multiplies a stack already laid out as `(slices, rows, cols)`. A weight "
+                "`(l, m, n)` sliced along axis 1 must be moved to that layout and its gradient moved "
+                "back; `floor + layout change` does exactly that around the floor's two products.", "",
+                layout, "",
+            ]
     if "penalty" in results:
         section = results["penalty"]
         parts += [

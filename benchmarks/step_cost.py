@@ -16,7 +16,9 @@ Each round runs one `fit` of 32 steps per variant (in a rotating order) on
 data in memory and times its last 16 steps, one lazy period, with a callback
 (the first 16 hold the tracing); the figures are medians per step over rounds.
 `overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
-costs inside the step what it costs alone.
+costs inside the step what it costs alone. The penalty's rate, in GFLOP/s
+(its Grams and gradient products: `4 r c k` per `r x c` slice of Gram side
+`k`), is set against a plain float32 matmul of side 1024 on the same backend.
 """
 
 import time
@@ -131,6 +133,40 @@ def _penalty_alone(model):
     return run, len(kernels)
 
 
+def penalty_flops(model):
+    """Multiply-adds times 2 of the Grams and gradient products of every regularized kernel."""
+    from keras_ortho import report  # its `measure` gives each kernel's slicing
+
+    total = 0
+    for entry in report.measure(model):
+        rows, cols = entry["slice_shape"]
+        side = cols if entry["gram"] == "columns" else rows
+        total += entry["slices"] * 4 * rows * cols * side
+    return total
+
+
+def matmul_gflops(size=1024, rounds=9):
+    """GFLOP/s of a float32 `size x size` matmul, compiled as the backend runs the step."""
+    backend = keras.backend.backend()
+    a = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(size, size)).astype("float32"))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        product = tf.function(lambda x: tf.linalg.matmul(x, x))
+        call = lambda: product(a)  # noqa: E731
+    elif backend == "jax":
+        import jax
+
+        product = jax.jit(lambda x: jax.numpy.matmul(x, x, precision=jax.lax.Precision.HIGHEST))
+        call = lambda: jax.block_until_ready(product(a))  # noqa: E731
+    else:
+        import torch
+
+        call = lambda: torch.matmul(a, a)  # noqa: E731
+    seconds = median_times({"matmul": call}, rounds=rounds, calls=3, warmup=2)["matmul"]["median_s"]
+    return 2 * size**3 / seconds / 1e9
+
+
 def interleaved(calls, rounds):
     """`{variant: (median, IQR)}` of what each call returns, called in rotating order."""
     names = list(calls)
@@ -144,6 +180,7 @@ def interleaved(calls, rounds):
 def run(quick, log=print):
     rounds = 2 if quick else 5
     rows = []
+    yardstick = matmul_gflops()
     for name, build in MODELS.items():
         name = name if not quick else f"{name} (quick: tiny)"
         calls = {}
@@ -164,8 +201,12 @@ def run(quick, log=print):
             "ortho_over_plain": ms["ortho"] / ms["plain"],
             "lazy_over_plain": ms["lazy"] / ms["plain"],
             "overhead_over_penalty": (ms["ortho"] - ms["plain"]) / ms["penalty"],
+            "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,
+            "matmul_gflops": yardstick,
         }
+        row["penalty_over_matmul"] = row["penalty_gflops"] / yardstick
         log(f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
-            f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}")
+            f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}; "
+            f"penalty {row['penalty_gflops']:.0f} GFLOP/s, matmul {yardstick:.0f}")
         rows.append(row)
     return {"rows": rows, "steps_per_call": STEPS, "every": EVERY}
