@@ -228,3 +228,21 @@ def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
         step = (before[v.path] - to_numpy(v)) / LR
         gradient = reference.gradient_by(before[v.path], rule_of(name, v), FACTOR)
         np.testing.assert_allclose(step, gradient, rtol=1e-4, atol=1e-5, err_msg=v.path)
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_logger_and_report_count_the_slices_of_each_layer_rule(name):
+    from keras_ortho import report
+
+    model = build(name, "constructor")
+    logger = keras_ortho.OrthoLogger(weight_logs=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.fit(inputs_for(name), epochs=1, batch_size=2, verbose=0, callbacks=[logger])
+    kernels = regularized(model)
+    entries = {e["path"]: e for e in report.measure(model)}
+    assert len(logger.errors) == len(entries) == len(kernels) == len(LAYERS[name][2])
+    for v in kernels:
+        count = len(reference.slices_by(to_numpy(v), rule_of(name, v)))
+        (path,) = [p for p in entries if v.path.endswith(p)]
+        assert logger.errors[path].shape == (1, count) and entries[path]["slices"] == count, path
