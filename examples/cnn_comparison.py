@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 import keras_ortho  # noqa: E402
 
-CONV_KERNELS = ["cnn/conv1/kernel", "cnn/conv2/kernel"]
+CONV_KERNELS = ["conv1/kernel", "conv2/kernel"]
 
 
 def load_data():

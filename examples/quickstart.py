@@ -30,16 +30,14 @@ def load_data():
 
 def build_model():
     ortho = keras_ortho.OrthoRegularizer(factor=1e-2)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu", kernel_regularizer=ortho),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu", kernel_regularizer=ortho),
-            keras.layers.Dense(32, activation="relu", kernel_regularizer=ortho),
-            keras.layers.Dense(10),
-        ]
-    )
+    # Named layers in a functional model: weight paths such as `conv/kernel`,
+    # the names OrthoLogger and the plot use too.
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, activation="relu", kernel_regularizer=ortho, name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(64, activation="relu", kernel_regularizer=ortho, name="dense_64")(x)
+    x = keras.layers.Dense(32, activation="relu", kernel_regularizer=ortho, name="dense_32")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
 def orthogonality_report(model):

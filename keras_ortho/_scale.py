@@ -135,6 +135,13 @@ class ScaleCallback(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
+        if self.every > 1 and getattr(model, "steps_per_execution", 1) > 1:
+            raise ValueError(
+                f"{type(self).__name__}(every={self.every}) sets the scale between training steps, "
+                f"and model '{model.name}' runs {model.steps_per_execution} steps per execution "
+                "with no callback between them. Compile it with steps_per_execution=1 for lazy "
+                "regularization."
+            )
         self._state.binding.bind(regularizers, lazy=self.every > 1)
         self._steps = 0
 

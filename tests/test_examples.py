@@ -31,7 +31,7 @@ def is_png(path):
 def test_quickstart(tmp_path):
     out = run_example("quickstart.py", tmp_path)
     assert "reloaded model predicts the same: True" in out
-    for kernel in ("conv2d/kernel", "dense/kernel", "dense_1/kernel"):
+    for kernel in ("conv/kernel", "dense_64/kernel", "dense_32/kernel"):
         assert kernel in out
     assert zipfile.is_zipfile(tmp_path / "quickstart.keras")
     assert is_png(tmp_path / "quickstart_errors.png")
@@ -62,7 +62,7 @@ def test_cnn_comparison(tmp_path):
     header = next(line.split() for line in lines if line.split()[:1] == ["plain"])
     assert header == ["plain", "fixed", "decay", "target"]
     rows = {" ".join(line.split()[:-4]): line.split()[-4:] for line in lines}
-    for label in ("test accuracy", "error cnn/conv1/kernel", "error cnn/conv2/kernel"):
+    for label in ("test accuracy", "error conv1/kernel", "error conv2/kernel"):
         assert all(math.isfinite(float(v)) for v in rows[label])  # one figure per variant
     assert is_png(tmp_path / "cnn_errors.png")
 

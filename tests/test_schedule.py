@@ -353,6 +353,15 @@ def test_lazy_regularization_leaves_evaluation_and_the_logs_with_the_plain_scale
     np.testing.assert_allclose(float(to_numpy(model.losses[0])), plain, rtol=1e-5)  # released after fit
 
 
+@only_on("tensorflow", "jax", why="Keras's torch trainer refuses steps_per_execution > 1")
+def test_lazy_regularization_refuses_several_steps_per_execution():
+    model, _ = penalty_only_model()
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    with pytest.raises(ValueError, match=r"every=16.*runs 4 steps per execution.*steps_per_execution=1"):
+        model.fit(*zeros(), verbose=0, callbacks=[keras_ortho.OrthoSchedule(every=16)])
+    assert all(v.regularizer._scale is None for v in model.trainable_weights if v.regularizer is not None)
+
+
 @pytest.mark.parametrize("every", [0, -1, 1.5, True])
 def test_every_must_be_a_positive_int(every):
     with pytest.raises(ValueError, match=rf"Argument `every`.*Received: every={every!r}"):
