@@ -59,9 +59,11 @@ def kernels(model):
 
 
 def check_every_kernel(model):
-    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1.0))
+    regularizer = keras_ortho.OrthoRegularizer(1.0)
+    paths = keras_ortho.regularize(model, regularizer)
     found = kernels(model)
-    assert len(found) > 0 and sorted(paths) == sorted(v.path for _, _, v in found)
+    assert len(found) > 0 and len(paths) == len(set(paths)) == len(found)
+    assert all(v.regularizer is regularizer for _, _, v in found)
     kinds = set()
     for layer, attribute, variable in found:
         kind = rule(layer, attribute, tuple(variable.shape))
