@@ -119,9 +119,14 @@ def own_weights(layer):
     return list(layer._trainable_variables) if layer.trainable else []
 
 
+def _own(layer):
+    """Every weight the layer holds itself (not its sublayers'), trainable or not."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
 def own_variables(layer):
     """All the own weights of a trainable layer, frozen ones too (LoRA's kernel, int8 kernels)."""
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables) if layer.trainable else []
+    return _own(layer) if layer.trainable else []
 
 
 def weight_names(root):
@@ -138,7 +143,7 @@ def weight_names(root):
     names = {}
 
     def visit(layer, prefix):
-        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+        for variable in _own(layer):
             names.setdefault(id(variable), prefix + variable.name)
         for child in layer._flatten_layers(include_self=False, recursive=False):
             visit(child, f"{prefix}{child.name}/")
@@ -156,7 +161,7 @@ def assign_rules(root):
     """Records on each weight inside `root` its rule and its layer."""
     for layer in layers_of(root):
         # Every weight, frozen or not: a frozen layer's kernel is still measured.
-        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+        for variable in _own(layer):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
 

@@ -62,9 +62,8 @@ def regularize(model, regularizer, include=None, exclude=None):
             f"Received: regularizer={regularizer!r}"
         )
     include_arg, exclude_arg = include, exclude
-    names = None  # set once the model is known to be built
-    include = _matcher("include", include, lambda: names)
-    exclude = _matcher("exclude", exclude, lambda: names)
+    include = _matcher("include", include)
+    exclude = _matcher("exclude", exclude)
     if not model.built:
         raise ValueError(
             f"Argument `model`: '{model.name}' is not built, so it has no weights yet. "
@@ -74,20 +73,21 @@ def regularize(model, regularizer, include=None, exclude=None):
     _layers.assign_rules(model)
     names = _layers.weight_names(model)
     paths, frozen = [], []
-    for layer, variable, role in _kernels(model, usable=False):
-        if not (variable.trainable and _watch.holds_matrices(variable)):
+    for layer, variable, role in _kernels(model):
+        path = names[id(variable)]
+        if not _can_train(variable):
             reason = _why_frozen(layer)
             if reason is not None and regularizer is not None:
-                frozen.append(f"'{names[id(variable)]}' ({reason})")
+                frozen.append(f"'{path}' ({reason})")
             continue
-        if (include is not None and not include(variable)) or (exclude is not None and exclude(variable)):
+        if (include is not None and not include(variable, path)) or (exclude is not None and exclude(variable, path)):
             continue
         if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
             continue
         variable.regularizer = regularizer
         if hasattr(layer, role[1]):
             setattr(layer, role[1], regularizer)  # what the layer's config carries
-        paths.append(names[id(variable)])
+        paths.append(path)
     _share_kernel_regularizers(model)
     _keras_compat.rebuild_step_functions(model)
     if frozen:
@@ -110,23 +110,24 @@ def regularize(model, regularizer, include=None, exclude=None):
     return paths
 
 
-def _matcher(name, value, names):
-    """`variable -> bool` for a glob pattern, a list of them or a callable; None stays None.
+def _matcher(name, value):
+    """`(variable, path) -> bool` for a glob pattern, a list of them or a callable; None stays None.
 
-    A pattern matches the weight's path inside the model (`names()[id(variable)]`)
-    or Keras's `variable.path`.
+    A pattern matches the weight's path inside the model (`path`) or Keras's
+    `variable.path`; a callable is the user's `variable -> bool`.
     """
-    if value is None or callable(value):
-        return value
+    if value is None:
+        return None
+    if callable(value):
+        return lambda variable, path: value(variable)
     patterns = [value] if isinstance(value, str) else value
     if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(
             f"Argument `{name}` must be None, a glob pattern over variable paths, a list of "
             f"them, or a callable (variable) -> bool. Received: {name}={value!r}"
         )
-    def matches(variable):
-        candidates = (names().get(id(variable), variable.path), variable.path)
-        return any(fnmatch.fnmatchcase(c, p) for c in candidates for p in patterns)
+    def matches(variable, path):
+        return any(fnmatch.fnmatchcase(c, p) for c in (path, variable.path) for p in patterns)
 
     return matches
 
@@ -163,18 +164,21 @@ def _share_kernel_regularizers(model):
             )
 
 
-def _kernels(model, usable=True):
-    """`(layer, variable, role)` for each kernel of the model's trainable layers (see `regularize`).
+def _kernels(model):
+    """`(layer, variable, role)` for each kernel of the model's trainable layers, frozen ones too.
 
-    `usable`: only the trainable floating-point ones, the kernels a regularizer can act on.
+    See `regularize`; `_can_train` tells the kernels a regularizer can act on.
     """
     for layer in _layers.layers_of(model):
-        for variable in _layers.own_weights(layer) if usable else _layers.own_variables(layer):
+        for variable in _layers.own_variables(layer):
             role = _layers.kernel_attribute(layer, variable)
-            if role is None or len(variable.shape) < 2:
-                continue
-            if not usable or (variable.trainable and _watch.holds_matrices(variable)):
+            if role is not None and len(variable.shape) >= 2:
                 yield layer, variable, role
+
+
+def _can_train(variable):
+    """A trainable floating-point weight: Keras collects its regularizer's loss."""
+    return variable.trainable and _watch.holds_matrices(variable)
 
 
 def _why_frozen(layer):
@@ -189,7 +193,7 @@ def _why_frozen(layer):
 
 def _some_kernel_paths(model, count=3):
     names = _layers.weight_names(model)
-    paths = [names[id(variable)] for _, variable, _ in _kernels(model)][:count]
+    paths = [names[id(variable)] for _, variable, _ in _kernels(model) if _can_train(variable)][:count]
     return ", ".join(repr(p) for p in paths) if paths else "(none: the model has no kernel)"
 
 
@@ -219,7 +223,8 @@ def _warn_if_configs_drop(model, paths):
     except Exception:  # a model without a config cannot be saved with one either
         return
     rebuilt_names = _layers.weight_names(rebuilt)
-    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if isinstance(v.regularizer, OrthoRegularizer)}
+    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt)
+               if _can_train(v) and isinstance(v.regularizer, OrthoRegularizer)}
     dropped = [p for p in paths if p not in carried]
     if dropped:
         shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
