@@ -93,8 +93,9 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
         )
 
     snapshot = num_rows == 1
+    shown_epochs = None if snapshot else [int(e) + 1 for e in epochs]
     if len(arrays) >= OVERVIEW_FROM:
-        figure = _overview(Figure, LogNorm, arrays, epochs, snapshot)
+        figure = _overview(Figure, LogNorm, arrays, shown_epochs)
         if title:
             figure.suptitle(title)
         if path is not None:
@@ -107,27 +108,16 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
     axes = figure.subplots(rows, columns, squeeze=False)
     heatmaps = {name: a for kind, name, a in panels if kind == "heatmap"}
     norm = _fitted_norm(LogNorm, heatmaps.values()) if heatmaps else None
-    shown_epochs = None if snapshot else [int(e) + 1 for e in epochs]
     image = None
     for ax, (kind, name, values) in zip(axes.flat, panels):
         ax.set_title(name, fontsize=9)
         if kind == "heatmap":
-            # Rows of the picture are slices, columns are epochs; zeros sit at the floor.
-            shown = np.ma.masked_invalid(np.clip(values.T, norm.vmin, None))
-            image = ax.imshow(shown, aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
-            ax.set_ylabel("slice")
-            ax.set_xlabel("epoch (as Keras prints it)")
-            ax.set_xticks(*_ticks(len(values), shown_epochs))
-            ax.set_yticks(*_ticks(values.shape[1]))
+            image = _slices_by_epochs(ax, values, norm, shown_epochs)
         elif kind == "line":
             _line(ax, shown_epochs[: len(values)], values[:, 0])
             ax.set_ylabel("sum |G|")
         elif kind == "slices":
-            ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
-            ax.set_xticks(*_ticks(values.shape[1]))
-            ax.set_xlabel("slice")
-            ax.set_ylabel("sum |G_i|")
-            _log_if_wide(ax, values, "y")
+            _slice_bars(ax, values)
         else:  # "kernels": one bar per one-slice weight
             names = list(values)
             ax.barh(np.arange(len(names)), [values[n] for n in names])
@@ -175,6 +165,32 @@ def _log_if_wide(ax, values, axis):
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
 
 
+def _heatmap(ax, rows_by_epochs, norm, shown_epochs):
+    """`(rows, epochs)` on the log colour scale `norm`; zeros sit at its floor. Returns the image."""
+    shown = np.ma.masked_invalid(np.clip(rows_by_epochs, norm.vmin, None))
+    image = ax.imshow(shown, aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
+    ax.set_xticks(*_ticks(rows_by_epochs.shape[1], shown_epochs))
+    ax.set_xlabel("epoch (as Keras prints it)")
+    return image
+
+
+def _slices_by_epochs(ax, values, norm, shown_epochs):
+    """A weight's `(epochs, slices)` record: slices as rows of the picture, epochs as columns."""
+    image = _heatmap(ax, values.T, norm, shown_epochs)
+    ax.set_ylabel("slice")
+    ax.set_yticks(*_ticks(values.shape[1]))
+    return image
+
+
+def _slice_bars(ax, values):
+    """One point in time of a weight: a bar per slice."""
+    ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
+    ax.set_xticks(*_ticks(values.shape[1]))
+    ax.set_xlabel("slice")
+    ax.set_ylabel("sum |G_i|")
+    _log_if_wide(ax, values, "y")
+
+
 def _line(ax, epochs, values, **style):
     """A line over whole epochs: integer ticks, plain numbers (no offset), log if wide."""
     from matplotlib.ticker import MaxNLocator
@@ -187,10 +203,15 @@ def _line(ax, epochs, values, **style):
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
 
 
-def _overview(Figure, LogNorm, arrays, epochs, snapshot):
-    """Totals of every weight, and the slices of the worst, in one figure of bounded size."""
+def _overview(Figure, LogNorm, arrays, shown_epochs):
+    """Totals of every weight, and the slices of the worst, in one figure of bounded size.
+
+    `shown_epochs` is None for a single point in time.
+    """
+    snapshot = shown_epochs is None
+    num_rows = 1 if snapshot else len(shown_epochs)
     names = list(arrays)
-    totals = np.array([[np.sum(a[r]) if r < len(a) else np.nan for r in range(len(epochs))]
+    totals = np.array([[np.sum(a[r]) if r < len(a) else np.nan for r in range(num_rows)]
                        for a in arrays.values()])  # (weights, epochs)
     last = np.nan_to_num(totals[:, -1], nan=-np.inf)
     # A single point in time of a one-slice weight is its total: nothing more to detail.
@@ -207,11 +228,7 @@ def _overview(Figure, LogNorm, arrays, epochs, snapshot):
         overview.set_xlabel("total error: sum over slices of sum |G_i|")
         _log_if_wide(overview, totals[:, 0], "x")
     else:
-        norm = _fitted_norm(LogNorm, [totals])
-        image = overview.imshow(np.ma.masked_invalid(np.clip(totals, norm.vmin, None)), aspect="auto",
-                                norm=norm, cmap="viridis", interpolation="nearest")
-        overview.set_xticks(*_ticks(len(epochs), [int(e) + 1 for e in epochs]))
-        overview.set_xlabel("epoch (as Keras prints it)")
+        image = _heatmap(overview, totals, _fitted_norm(LogNorm, [totals]), shown_epochs)
         figure.colorbar(image, ax=overview, label="total error (log scale)", location="left", pad=0.01)
     overview.set_yticks(np.arange(len(names)), names, fontsize=label_size)
     overview.set_ylim(len(names) - 0.5, -0.5)
@@ -222,20 +239,11 @@ def _overview(Figure, LogNorm, arrays, epochs, snapshot):
         values = arrays[name]
         ax.set_title(f"#{row + 1} largest: {name}", fontsize=9)
         if snapshot:
-            ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
-            ax.set_xticks(*_ticks(values.shape[1]))
-            ax.set_xlabel("slice")
-            ax.set_ylabel("sum |G_i|")
-            _log_if_wide(ax, values, "y")
+            _slice_bars(ax, values)
         elif values.shape[1] == 1:
-            _line(ax, [int(e) + 1 for e in epochs[: len(values)]], values[:, 0])
+            _line(ax, shown_epochs[: len(values)], values[:, 0])
             ax.set_ylabel("sum |G_i|")
         else:
-            norm = _fitted_norm(LogNorm, [values])
-            image = ax.imshow(np.ma.masked_invalid(np.clip(values.T, norm.vmin, None)), aspect="auto", norm=norm,
-                              cmap="viridis", interpolation="nearest")
-            ax.set_xticks(*_ticks(len(values), [int(e) + 1 for e in epochs]))
-            ax.set_yticks(*_ticks(values.shape[1]))
-            ax.set_ylabel("slice")
+            image = _slices_by_epochs(ax, values, _fitted_norm(LogNorm, [values]), shown_epochs)
             figure.colorbar(image, ax=ax, label="sum |G_i|")
     return figure
