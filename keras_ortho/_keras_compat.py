@@ -42,8 +42,10 @@ def is_running(frame):
 
     Every thread: under MirroredStrategy, Keras traces the train step (and so
     calls regularizers) in one thread per replica while `fit` runs in another.
+    The calling thread's own stack comes first, where the frame nearly always
+    is (an eager PyTorch step asks once per regularized weight).
     """
-    for top in sys._current_frames().values():
+    for top in (sys._getframe(), *sys._current_frames().values()):
         while top is not None:
             if top is frame:
                 return True

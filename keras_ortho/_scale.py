@@ -81,8 +81,8 @@ class ScaleCallback(keras.callbacks.Callback):
     With `every > 1` (lazy regularization), the scale variable holds
     `every * scale` on one training step in `every` (the first of the fit, and
     every `every`-th after it) and 0 on the others, where each regularizer
-    computes nothing (`_math`-free branch of a `cond`); during evaluation it
-    holds the plain scale. The batch hooks that do this exist only then, so a
+    computes nothing (its penalty sits in the branch of a `cond` not taken);
+    during evaluation it holds the plain scale. The batch hooks that do this exist only then, so a
     fit without them keeps Keras's asynchronous stepping.
     """
 
@@ -93,6 +93,7 @@ class ScaleCallback(keras.callbacks.Callback):
         self.every = every
         self._scale_value = initial
         self._steps = 0
+        self._lazy_value = None  # the lazy scale an evaluation interrupts
         if every > 1:
             self.on_train_batch_begin = self._lazy_step
             self.on_test_begin = self._plain_for_evaluation

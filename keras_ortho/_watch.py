@@ -69,8 +69,9 @@ def regularized_weights(model, include_all=False):
     """The weights of `model` to measure, at any depth, in model order.
 
     Every trainable weight regularized by an `OrthoRegularizer`, sliced as its
-    regularizer slices it and named by its path inside the model; with `include_all`, also every other floating weight
-    of rank >= 2, with the default slicing.
+    regularizer slices it; with `include_all`, also every other floating weight
+    of rank >= 2, with the default slicing. Each is named by its path inside
+    the model (`_layers.weight_names`).
     """
     _layers.assign_rules(model)  # each weight sliced by its layer's rule
     names = _layers.weight_names(model)
