@@ -98,36 +98,26 @@ def from_stack(stack, plan, dtype):
     return ops.cast(out, dtype)
 
 
-def errors_of(tensor, plan):
+def errors_of(tensor, plan, norm="l1"):
     """`slice_errors` of a tensor already planned."""
-    stack = to_stack(tensor, plan)
-    return ops.reshape(_math.slice_sums(_math.gram_residual(stack, plan.mode)), (plan.num_slices,))
+    return ops.reshape(_math.slice_values(to_stack(tensor, plan), plan.mode, norm), (plan.num_slices,))
 
 
-def slice_weight(plan, factor, reduction):
-    """What multiplies each slice's `sum_jk |G_i|_jk` in the penalty.
-
-    `factor` for "sum" (the seed's formula); `factor / k**2` for "mean", with
-    `k` the Gram's side, so that the penalty is `factor * sum_i mean_jk |G_i|_jk`
-    and one factor suits a 64-wide and a 2048-wide kernel alike.
-    """
-    return factor if reduction == "sum" else factor / plan.gram_size**2
-
-
-def penalty_of(tensor, plan, factor, reduction="sum"):
+def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
-    value = _math.stack_penalty(to_stack(tensor, plan), plan.mode)
-    return ops.cast(slice_weight(plan, factor, reduction) * value, tensor.dtype)
+    value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction)
+    return ops.cast(factor * value, tensor.dtype)
 
 
 # --- Public functions ---------------------------------------------------------
 
 
-def slice_errors(w, slice_axis=None, mode="auto"):
-    """Distance from orthonormal of each slice: `sum_jk |G_i|_jk`, unscaled.
+def slice_errors(w, slice_axis=None, mode="auto", norm="l1"):
+    """Distance from orthonormal of each slice under `norm`, unscaled.
 
-    `factor * sum(slice_errors(w))` equals `ortho_penalty(w, factor)` (up to
-    the order of the float additions).
+    For the default `norm="l1"`, `sum_jk |G_i|_jk`; see `ortho_penalty` for
+    the others. `factor * sum(slice_errors(w, norm=n))` equals
+    `ortho_penalty(w, factor, norm=n)` (up to the order of the float additions).
 
     Args:
         w: a float tensor, variable or array of rank >= 2. A Keras variable
@@ -135,6 +125,7 @@ def slice_errors(w, slice_axis=None, mode="auto"):
             (see the README's slicing table), else by the default rule.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
+        norm: "l1", "fro", "double", "spectral" or "coherence".
 
     Returns:
         A 1-D backend tensor of length `num_slices`, in float32 for 16-bit
@@ -145,51 +136,70 @@ def slice_errors(w, slice_axis=None, mode="auto"):
         keras_ortho.slice_errors(np.eye(3)[:, :2])   # [0.]: orthonormal columns
         keras_ortho.slice_errors(attention_layer.trainable_weights[0])  # per head
     """
-    return errors_of(*prepare(w, slice_axis, mode))
+    norm = _validation.check_norm(norm)
+    return errors_of(*prepare(w, slice_axis, mode), norm)
 
 
-def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum"):
-    """`factor * sum_i sum_jk |G_i|_jk`, differentiable with the analytic gradient.
+def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
+    """`factor * sum_i |G_i|`, differentiable with the analytic gradient.
 
-    Same value and gradient as `OrthoRegularizer(factor, slice_axis, mode,
-    reduction)(w)`, on every backend's autodiff (`tf.GradientTape`,
-    `jax.grad`, `backward()`).
+    `|G_i|` is the slice's measure under `norm`, with `G_i = Phi_i^T Phi_i - I`
+    (columns mode) or `Phi_i Phi_i^T - I` (rows mode):
+
+    * "l1" (default, the seed): `sum_jk |G_i|_jk`, gradient `2 Phi_i sign(G_i)`;
+    * "fro" (soft orthogonality, SO): `||G_i||_F^2`, gradient `4 Phi_i G_i`;
+    * "double" (DSO): `||Phi_i^T Phi_i - I||_F^2 + ||Phi_i Phi_i^T - I||_F^2`,
+      both sides whatever `mode`, gradient `8 Phi_i G_i` (its floor is
+      `|rows - cols|`, not 0, for a slice that is not square);
+    * "spectral" (SRIP): the largest `|eigenvalue|` of `G_i` by 32 steps of
+      power iteration, gradient `2 s Phi_i u u^T` (`u` its eigenvector, `s`
+      its sign);
+    * "coherence" (MC): `max_jk |G_i|_jk`, gradient at the first largest entry
+      in row-major order.
+
+    Bansal et al. 2018 ("Can We Gain More from Orthogonality Regularizations
+    in Training Deep CNNs?") compares SO, DSO, MC and SRIP. Same value and
+    gradient as `OrthoRegularizer(factor, slice_axis, mode, reduction,
+    norm)(w)`, on every backend's autodiff (`tf.GradientTape`, `jax.grad`,
+    `backward()`).
 
     Args:
         w: a float tensor, variable or array of rank >= 2.
         factor: real number >= 0.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
-        reduction: "sum" (the formula above) or "mean":
-            `factor * sum_i mean_jk |G_i|_jk`, each slice's sum divided by its
-            Gram's `k * k` entries.
+        reduction: "sum" (the formula above) or "mean": each slice's sum
+            divided by its Gram's `k * k` entries (for "double", each side by
+            its own); only for "l1", "fro" and "double".
+        norm: "l1", "fro", "double", "spectral" or "coherence".
 
     Returns:
         A scalar tensor in `w`'s dtype (reduced in float32 for 16-bit weights).
     """
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
+    norm = _validation.check_norm(norm, reduction)
     tensor, plan = prepare(w, slice_axis, mode)
-    return penalty_of(tensor, plan, factor, reduction)
+    return penalty_of(tensor, plan, factor, reduction, norm)
 
 
-def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum"):
+def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
     """The closed-form gradient of `ortho_penalty`, without autodiff.
 
-    Columns mode: `2 c Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
+    For "l1", columns mode: `2 c Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
     `2 c sign(Phi_i Phi_i^T - I) Phi_i`, laid back into `w`'s layout, with
-    `c = factor` ("sum") or `factor / k**2` ("mean").
+    `c = factor` ("sum") or `factor / k**2` ("mean"). The other norms' are
+    listed under `ortho_penalty`.
 
     Args:
-        w, factor, slice_axis, mode, reduction: as for `ortho_penalty`.
+        w, factor, slice_axis, mode, reduction, norm: as for `ortho_penalty`.
 
     Returns:
         A tensor of `w`'s shape and dtype.
     """
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
+    norm = _validation.check_norm(norm, reduction)
     tensor, plan = prepare(w, slice_axis, mode)
-    stack = to_stack(tensor, plan)
-    residual = _math.gram_residual(stack, plan.mode)
-    scale = slice_weight(plan, factor, reduction)
-    return from_stack(_math.residual_gradient(stack, residual, plan.mode, scale), plan, tensor.dtype)
+    gradient = _math.penalty_gradient(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
+    return from_stack(gradient, plan, tensor.dtype)

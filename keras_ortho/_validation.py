@@ -8,6 +8,7 @@ import math
 import numbers
 import os
 
+from keras_ortho._math import NORMS, SUMMING_NORMS
 from keras_ortho._slicing import MODES
 
 
@@ -63,6 +64,19 @@ def check_reduction(reduction):
             f"Argument `reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}"
         )
     return reduction
+
+
+def check_norm(norm, reduction="sum"):
+    """`norm` must be one of `NORMS`; "mean" `reduction` only with a norm that sums entries."""
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise ValueError(f"Argument `norm` must be one of {NORMS}. Received: norm={norm!r}")
+    if reduction == "mean" and norm not in SUMMING_NORMS:
+        raise ValueError(
+            f'Argument `reduction`: "mean" averages a norm that sums over the Gram\'s entries '
+            f"{SUMMING_NORMS}; norm={norm!r} measures one entry (or eigenvalue) and takes "
+            f'reduction="sum". Received: reduction={reduction!r}, norm={norm!r}'
+        )
+    return norm
 
 
 def check_positive_int(name, value, allow_none=False):

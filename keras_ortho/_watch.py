@@ -16,13 +16,14 @@ from keras_ortho.regularizer import OrthoRegularizer
 
 
 class Watched(NamedTuple):
-    """A weight, the slicing options asked for, and the resulting plan."""
+    """A weight, the slicing options and norm asked for, and the resulting plan."""
 
     variable: object
     path: str
     slice_axis: Optional[int]
     mode: str
     plan: SlicePlan
+    norm: str = "l1"
 
     @property
     def num_slices(self):
@@ -40,7 +41,7 @@ def holds_matrices(variable):
     return len(variable.shape) >= 2 and "float" in keras.backend.standardize_dtype(variable.dtype)
 
 
-def watch(variable, slice_axis=None, mode="auto", rule=None, path=None):
+def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1"):
     """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
 
     `path` names it (`_layers.weight_names` inside a model); Keras's path by default.
@@ -56,7 +57,7 @@ def watch(variable, slice_axis=None, mode="auto", rule=None, path=None):
         plan = _ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot watch weight '{path}': {error}") from error
-    return Watched(variable, path, slice_axis, mode, plan)
+    return Watched(variable, path, slice_axis, mode, plan, norm)
 
 
 def ortho_regularizer_of(variable):
@@ -68,8 +69,8 @@ def ortho_regularizer_of(variable):
 def regularized_weights(model, include_all=False):
     """The weights of `model` to measure, at any depth, in model order.
 
-    Every trainable weight regularized by an `OrthoRegularizer`, sliced as its
-    regularizer slices it; with `include_all`, also every other floating weight
+    Every trainable weight regularized by an `OrthoRegularizer`, sliced and
+    measured as its regularizer slices and measures it (`norm`); with `include_all`, also every other floating weight
     of rank >= 2, with the default slicing. Each is named by its path inside
     the model (`_layers.weight_names`).
     """
@@ -81,14 +82,14 @@ def regularized_weights(model, include_all=False):
         regularizer = ortho_regularizer_of(v)
         path = names.get(id(v))
         if regularizer is not None and id(v) in trainable:
-            watched.append(watch(v, regularizer.slice_axis, regularizer.mode, path=path))
+            watched.append(watch(v, regularizer.slice_axis, regularizer.mode, path=path, norm=regularizer.norm))
         elif include_all and holds_matrices(v):
             watched.append(watch(v, path=path))
     return watched
 
 
 class ErrorProbe:
-    """Evaluates `slice_errors` of all watched weights in one compiled function.
+    """Evaluates `slice_errors` of all watched weights, each by its norm, in one compiled function.
 
     The function takes the weights' current values, runs where they live and
     returns a single vector, so each measurement costs one small transfer to
@@ -108,7 +109,7 @@ class ErrorProbe:
 
     def _measure(self, *values):
         return ops.concatenate(
-            [ops.cast(_ops.errors_of(v, w.plan), self._dtype) for v, w in zip(values, self.watched)]
+            [ops.cast(_ops.errors_of(v, w.plan, w.norm), self._dtype) for v, w in zip(values, self.watched)]
         )
 
     def __call__(self):

@@ -13,14 +13,16 @@ LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
 # With more watched weights than this, `weight_logs="auto"` writes only `ortho/total`.
 AUTO_WEIGHT_LOGS = 8
-_WEIGHT_OPTIONS = ("slice_axis", "mode")
+_WEIGHT_OPTIONS = ("slice_axis", "mode", "norm")
 
 
 class OrthoLogger(keras.callbacks.Callback):
     """Records how far each slice of the watched weights is from orthonormal.
 
-    The error of slice `i` is `keras_ortho.slice_errors`: `sum_jk |G_i|_jk`,
-    unscaled, so `factor * total` is the weight's regularization loss.
+    The error of slice `i` is `keras_ortho.slice_errors` under the norm of the
+    weight's regularizer (`sum_jk |G_i|_jk` for the default "l1"; `||G_i||_F^2`
+    for "fro", ...), unscaled, so `factor * total` is the weight's
+    regularization loss with `reduction="sum"`.
 
     At every epoch end it writes `logs["ortho/<variable.path>"]`, the sum of
     that weight's slice errors, into the epoch logs in place, so History,
@@ -36,10 +38,12 @@ class OrthoLogger(keras.callbacks.Callback):
     Args:
         weights: what to watch. None (default): every trainable weight of the
             model, at any depth, whose regularizer is an `OrthoRegularizer`,
-            sliced as that regularizer slices it. Otherwise a list of weights
-            (Keras variables or their `path` strings), sliced per `slice_axis`
-            and `mode`; an item may also be a pair
-            `(weight, {"slice_axis": ..., "mode": ...})` for per-weight slicing.
+            sliced and measured as that regularizer slices and measures it.
+            Otherwise a list of weights (Keras variables or their `path`
+            strings), sliced per `slice_axis` and `mode` and measured by
+            `norm`; an item may also be a pair
+            `(weight, {"slice_axis": ..., "mode": ..., "norm": ...})` for
+            per-weight options.
         slice_axis: slicing of explicitly given weights (see `OrthoRegularizer`).
         mode: "auto", "columns" or "rows", for explicitly given weights.
         every_n_batches: also record after every N training batches into
@@ -55,6 +59,8 @@ class OrthoLogger(keras.callbacks.Callback):
         weight_logs: "auto" (default): `ortho/<path>` per weight for up to 8
             watched weights, else only `ortho/total`; True: per weight always;
             False: only `ortho/total`.
+        norm: the measure of explicitly given weights' slices (see
+            `OrthoRegularizer`); "l1" by default.
 
     Attributes:
         errors: `{path: array of shape (epochs_recorded, num_slices)}`.
@@ -78,11 +84,13 @@ class OrthoLogger(keras.callbacks.Callback):
         log_dir=None,
         per_slice_logs=False,
         weight_logs="auto",
+        norm="l1",
     ):
         super().__init__()
         slice_axis = _validation.check_slice_axis(slice_axis)
         mode = _validation.check_mode(mode)
-        self._requested = _requested_weights(weights, slice_axis, mode)
+        norm = _validation.check_norm(norm)
+        self._requested = _requested_weights(weights, slice_axis, mode, norm)
         self.every_n_batches = _validation.check_positive_int(
             "every_n_batches", every_n_batches, allow_none=True
         )
@@ -246,7 +254,7 @@ class OrthoLogger(keras.callbacks.Callback):
         return step, errors
 
 
-def _requested_weights(weights, slice_axis, mode):
+def _requested_weights(weights, slice_axis, mode, norm="l1"):
     """Normalizes the `weights` argument to `[(weight or path, options)]`, or None."""
     if weights is None:
         return None
@@ -265,9 +273,10 @@ def _requested_weights(weights, slice_axis, mode):
                 f"Argument `weights`: the options of a weight are a dict with keys from "
                 f"{_WEIGHT_OPTIONS}. Received for {weight!r}: {options!r}"
             )
-        options = {"slice_axis": slice_axis, "mode": mode, **options}
+        options = {"slice_axis": slice_axis, "mode": mode, "norm": norm, **options}
         options["slice_axis"] = _validation.check_slice_axis(options["slice_axis"])
         options["mode"] = _validation.check_mode(options["mode"])
+        options["norm"] = _validation.check_norm(options["norm"])
         if not isinstance(weight, str):
             if not hasattr(weight, "shape") or not hasattr(weight, "dtype"):
                 raise TypeError(

@@ -7,7 +7,7 @@ import keras
 
 from keras_ortho import _keras_compat, _layers, _ops, _validation
 
-_CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction")
+_CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
 try:  # Keras's own accessor; not exported, so its absence is handled (see `_weight_behind`)
     from keras.src.backend.common.stateless_scope import get_stateless_scope
@@ -26,7 +26,9 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
     `loss = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk`, where `Phi_i` are the
     slices of the weight (see the README's slicing table); its gradient
     `2 factor Phi_i sign(Phi_i^T Phi_i - I)` is supplied in closed form to the
-    backend's autodiff (TensorFlow, JAX or PyTorch).
+    backend's autodiff (TensorFlow, JAX or PyTorch). `norm` chooses another
+    measure of each slice, with its own closed-form gradient (see
+    `keras_ortho.ortho_penalty`).
 
     Args:
         factor: real number >= 0, the weight of the penalty. Defaults to 0.01.
@@ -42,7 +44,14 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             `k * k` entries of its Gram, so that one factor suits narrow and
             wide kernels alike. `slice_errors` and `OrthoLogger` report the
             unreduced per-slice sums either way. Configs saved without it
-            load as "sum".
+            load as "sum". Only for the norms that sum entries ("l1", "fro",
+            "double").
+        norm: "l1" (default, the seed's sum of absolute entries), "fro"
+            (`||G_i||_F^2`, soft orthogonality), "double" (both Grams,
+            `||Phi_i^T Phi_i - I||_F^2 + ||Phi_i Phi_i^T - I||_F^2`), "spectral"
+            (largest |eigenvalue| of `G_i`, SRIP) or "coherence" (largest
+            `|G_i|_jk`). `slice_errors` and `OrthoLogger` measure each slice
+            by the same norm. Configs saved without it load as "l1".
 
     Example:
 
@@ -52,11 +61,12 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         )  # each head of the four projections
     """
 
-    def __init__(self, factor=0.01, slice_axis=None, mode="auto", reduction="sum"):
+    def __init__(self, factor=0.01, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
         self.factor = _validation.check_factor(factor)
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
         self.reduction = _validation.check_reduction(reduction)
+        self.norm = _validation.check_norm(norm, self.reduction)
         self._warned_shapes = set()
         # The `_scale.ScaleBinding` of an OrthoSchedule/OrthoTarget while its fit
         # runs; not configuration: `get_config` never carries it.
@@ -78,11 +88,11 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         binding = self._scale
         if binding is None or binding.release_if_stale():
-            return _ops.penalty_of(tensor, plan, self.factor, self.reduction)
+            return _ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         scale = binding.variable
 
         def scaled():
-            penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction)
+            penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
             return penalty * keras.ops.cast(scale, penalty.dtype)
 
         if not binding.lazy:
@@ -91,7 +101,13 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         return keras.ops.cond(scale > 0, scaled, lambda: keras.ops.zeros((), dtype=tensor.dtype))
 
     def get_config(self):
-        return {"factor": self.factor, "slice_axis": self.slice_axis, "mode": self.mode, "reduction": self.reduction}
+        return {
+            "factor": self.factor,
+            "slice_axis": self.slice_axis,
+            "mode": self.mode,
+            "reduction": self.reduction,
+            "norm": self.norm,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -109,7 +125,8 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
     def __repr__(self):
         return (
             f"{type(self).__name__}(factor={self.factor!r}, "
-            f"slice_axis={self.slice_axis!r}, mode={self.mode!r}, reduction={self.reduction!r})"
+            f"slice_axis={self.slice_axis!r}, mode={self.mode!r}, reduction={self.reduction!r}, "
+            f"norm={self.norm!r})"
         )
 
 

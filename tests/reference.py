@@ -115,3 +115,59 @@ def mean_gradient(w, factor=1.0, slice_axis=None, mode="auto"):
     sides = {residual(p, mode).shape[0] for p in slices(w, slice_axis)}
     assert len(sides) == 1  # the slices of one weight share their shape
     return gradient(w, factor / sides.pop() ** 2, slice_axis, mode)
+
+
+# --- The other norms, each from its definition (no identity the library uses) ----
+
+
+def norm_of(matrix, norm, mode="auto", reduction="sum"):
+    """One slice's measure under `norm`, from its definition, in float64.
+
+    "l1": sum |G|; "fro": sum G^2; "double": both Grams explicitly,
+    ||P^T P - I||^2 + ||P P^T - I||^2; "spectral": max |eigvalsh(G)|;
+    "coherence": max |G|. "mean" averages over each Gram's entries.
+    """
+    if norm == "double":
+        sides = [residual(matrix, "columns"), residual(matrix, "rows")]
+        return sum((g**2).mean() if reduction == "mean" else (g**2).sum() for g in sides)
+    g = residual(matrix, mode)
+    if norm == "l1":
+        value = np.abs(g)
+    elif norm == "fro":
+        value = g**2
+    elif norm == "spectral":
+        return np.abs(np.linalg.eigvalsh(g)).max()
+    else:
+        return np.abs(g).max()
+    return value.mean() if reduction == "mean" else value.sum()
+
+
+def norm_errors(w, norm, slice_axis=None, mode="auto"):
+    return np.array([norm_of(p, norm, mode) for p in slices(w, slice_axis)])
+
+
+def norm_penalty(w, norm, factor=1.0, slice_axis=None, mode="auto", reduction="sum"):
+    return factor * sum(norm_of(p, norm, mode, reduction) for p in slices(w, slice_axis))
+
+
+def spectral_gradient(matrix, mode="auto"):
+    """d sigma_max(G) / dP = 2 s P u u^T (columns) or 2 s u u^T P (rows), from `eigh`."""
+    g = residual(matrix, mode)
+    values, vectors = np.linalg.eigh(g)
+    top = np.argmax(np.abs(values))
+    outer = np.sign(values[top]) * np.outer(vectors[:, top], vectors[:, top])
+    return 2 * (matrix @ outer if resolve_mode(matrix, mode) == "columns" else outer @ matrix)
+
+
+def with_singular_values(rng, rows, cols, singular_values):
+    """A `rows x cols` matrix with the given singular values and random singular vectors."""
+    k = min(rows, cols)
+    u, _ = np.linalg.qr(rng.normal(size=(rows, k)))
+    v, _ = np.linalg.qr(rng.normal(size=(cols, k)))
+    return (u * np.asarray(singular_values, dtype=np.float64)) @ v.T
+
+
+def polar_factor(matrix):
+    """The nearest matrix with orthonormal columns (rows, if wide): `U V^T` of the SVD."""
+    u, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    return u @ vt

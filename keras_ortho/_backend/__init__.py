@@ -9,10 +9,12 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `gram(phi, mode)`: `Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows")
   of a `(m, rows, cols)` stack or one `(rows, cols)` matrix.
 * `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.
-* `times_signs(phi, signs, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i` ("rows").
-* `with_gradient(phi, mode, forward, backward)`: `value` of
-  `forward(phi, mode) -> (value, saved)`, whose gradient with respect to `phi`
-  is `backward(phi, saved, mode, upstream)`: the backend's custom-gradient
+* `times_symmetric(phi, symmetric, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i`
+  ("rows"), for symmetric `S_i`.
+* `with_gradient(phi, options, forward, backward)`: `value` of
+  `forward(phi, options) -> (value, saved)`, whose gradient with respect to `phi`
+  is `backward(phi, saved, options, upstream)`, `options` being a hashable
+  tuple passed through untouched: the backend's custom-gradient
   mechanism, so that its autodiff never differentiates `forward`.
 * `compile(fn, jit_compile)`: `fn` compiled for repeated calls on tensors.
 * `is_chief(model)`: whether this process writes files in a multi-process run.

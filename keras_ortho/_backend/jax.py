@@ -31,30 +31,30 @@ def minus_identity(gram):
     return gram - jnp.eye(gram.shape[-1], dtype=gram.dtype)
 
 
-def times_signs(phi, signs, mode):
-    # `signs` = sign(G) is symmetric. Its transpose is what keeps a sharded
-    # kernel's gradient local: with columns sharded over devices, GSPMD shards
-    # `sign(G)` by rows (G = Phi_shard^T Phi), so `Phi sign(G)^T` contracts over
-    # an unsharded axis, and `Phi sign(G)` would all-reduce a kernel-sized sum
+def times_symmetric(phi, symmetric, mode):
+    # `S` (sign(G), G, u u^T, ...) is symmetric. Its transpose is what keeps a
+    # sharded kernel's gradient local: with columns sharded over devices, GSPMD
+    # shards `S` by rows (G = Phi_shard^T Phi), so `Phi S^T` contracts over
+    # an unsharded axis, and `Phi S` would all-reduce a kernel-sized sum
     # (benchmarks/collectives.py).
     if mode == "columns":
-        return jnp.matmul(phi, jnp.swapaxes(signs, -1, -2), precision=_PRECISION)
-    return jnp.matmul(jnp.swapaxes(signs, -1, -2), phi, precision=_PRECISION)
+        return jnp.matmul(phi, jnp.swapaxes(symmetric, -1, -2), precision=_PRECISION)
+    return jnp.matmul(jnp.swapaxes(symmetric, -1, -2), phi, precision=_PRECISION)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def with_gradient(phi, mode, forward, backward):
-    return forward(phi, mode)[0]
+def with_gradient(phi, options, forward, backward):
+    return forward(phi, options)[0]
 
 
-def _with_gradient_forward(phi, mode, forward, backward):
-    value, saved = forward(phi, mode)
+def _with_gradient_forward(phi, options, forward, backward):
+    value, saved = forward(phi, options)
     return value, (phi, saved)
 
 
-def _with_gradient_backward(mode, forward, backward, residuals, upstream):
+def _with_gradient_backward(options, forward, backward, residuals, upstream):
     phi, saved = residuals
-    return (backward(phi, saved, mode, upstream),)
+    return (backward(phi, saved, options, upstream),)
 
 
 with_gradient.defvjp(_with_gradient_forward, _with_gradient_backward)

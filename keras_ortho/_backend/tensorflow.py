@@ -53,17 +53,17 @@ def minus_identity(gram):
     return tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) - 1)
 
 
-def times_signs(phi, signs, mode):
+def times_symmetric(phi, symmetric, mode):
     if mode == "columns":
-        return tf.linalg.matmul(phi, signs)
-    return tf.linalg.matmul(signs, phi)
+        return tf.linalg.matmul(phi, symmetric)
+    return tf.linalg.matmul(symmetric, phi)
 
 
-def with_gradient(phi, mode, forward, backward):
+def with_gradient(phi, options, forward, backward):
     @tf.custom_gradient
     def function(phi):
-        value, saved = forward(phi, mode)
-        return value, lambda upstream: backward(phi, saved, mode, upstream)
+        value, saved = forward(phi, options)
+        return value, lambda upstream: backward(phi, saved, options, upstream)
 
     return function(phi)
 

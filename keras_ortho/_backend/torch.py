@@ -24,30 +24,30 @@ def minus_identity(gram):
     return gram
 
 
-def times_signs(phi, signs, mode):
+def times_symmetric(phi, symmetric, mode):
     if mode == "columns":
-        return torch.matmul(phi, signs)
-    return torch.matmul(signs, phi)
+        return torch.matmul(phi, symmetric)
+    return torch.matmul(symmetric, phi)
 
 
 class _WithGradient(torch.autograd.Function):
     # One class at module level: torch.compile traces it as it is, with no
     # closure over per-call functions.
     @staticmethod
-    def forward(ctx, phi, mode, forward, backward):
-        value, saved = forward(phi, mode)
+    def forward(ctx, phi, options, forward, backward):
+        value, saved = forward(phi, options)
         ctx.save_for_backward(phi, saved)
-        ctx.mode, ctx.backward_function = mode, backward
+        ctx.options, ctx.backward_function = options, backward
         return value
 
     @staticmethod
     def backward(ctx, upstream):
         phi, saved = ctx.saved_tensors
-        return ctx.backward_function(phi, saved, ctx.mode, upstream), None, None, None
+        return ctx.backward_function(phi, saved, ctx.options, upstream), None, None, None
 
 
-def with_gradient(phi, mode, forward, backward):
-    return _WithGradient.apply(phi, mode, forward, backward)
+def with_gradient(phi, options, forward, backward):
+    return _WithGradient.apply(phi, options, forward, backward)
 
 
 def compile(fn, jit_compile):
