@@ -161,6 +161,29 @@ def steps_table(by_backend):
     return "\n".join(lines)
 
 
+def norms_table(by_backend):
+    """One row per backend and kernel, one column pair per norm: ours/autodiff and ours/floor."""
+    norms = []
+    for section in by_backend.values():
+        for r in section["rows"]:
+            if r["norm"] not in norms:
+                norms.append(r["norm"])
+    lines = ["| backend | kernel | " + " | ".join(f"{n}: ms, /autodiff, /floor" for n in norms) + " |",
+             "|---|---|" + "---|" * len(norms)]
+    for backend, section in by_backend.items():
+        kernels = list(dict.fromkeys(r["kernel"] for r in section["rows"]))
+        for kernel in kernels:
+            cells = {r["norm"]: r for r in section["rows"] if r["kernel"] == kernel}
+            lines.append(f"| {backend} | {kernel} | " + " | ".join(
+                f"{cells[n]['ms']['ours']:.2f} (IQR {cells[n]['iqr_ms']['ours']:.2f}), "
+                f"**{cells[n]['ours/autodiff']:.2f}**, {cells[n]['ours/floor']:.2f}" if n in cells else "-"
+                for n in norms) + " |")
+    return "\n".join(lines)
+
+
+TARGET_NORM_AUTODIFF = 0.8
+
+
 def markdown(results):
     m = results["machine"]
     parts = [
@@ -203,6 +226,15 @@ def markdown(results):
             "## TensorFlow: penalty plus gradient, other dtypes and execution modes", "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) != ("float32", "graph")),
             "",
+        ]
+    if results.get("norms"):
+        parts += [
+            "## Every norm: penalty plus gradient on each backend, float32", "",
+            "`ours` is `ortho_penalty(w, norm=...)` with its closed-form gradient; `autodiff` the same formula "
+            "in plain `keras.ops` left to the backend's autodiff (\"double\" building both Grams as its formula "
+            "reads, \"spectral\" differentiating through the same 32 power-iteration steps); `floor` the Gram "
+            f"and one gradient product on the laid-out stack. Target: ours/autodiff <= {TARGET_NORM_AUTODIFF}.", "",
+            norms_table(results["norms"]), "",
         ]
     if results.get("steps"):
         parts += [

@@ -35,13 +35,14 @@ SECTIONS = {
     "penalty": ("TensorFlow: penalty + gradient per shape, dtype and execution mode", "penalty", ("tensorflow",)),
     "training": ("TensorFlow: training-step cost of the regularizers", "training", ("tensorflow",)),
     "steps": ("training step of real models: plain, regularized, lazy, penalty alone", "step_cost", BACKENDS),
+    "norms": ("every norm: penalty + gradient, ours against autodiff and the floor", "norm_cost", BACKENDS),
     "logger": ("TensorFlow: OrthoLogger overhead per epoch and per batch", "logger_overhead", ("tensorflow",)),
     "huge": ("TensorFlow: Embedding(1_000_000, 128), time and peak memory", "huge", ("tensorflow",)),
     "collectives": ("JAX: collectives of penalty + gradient per sharding layout", "collectives", ("jax",)),
 }
 
 # Sections measured on every backend: their results are kept per backend.
-PER_BACKEND = ("backends", "steps")
+PER_BACKEND = ("backends", "steps", "norms")
 
 
 def run_worker(backend, sections, quick):

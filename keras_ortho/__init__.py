@@ -1,6 +1,6 @@
-"""keras_ortho: an exact orthogonality regularizer for Keras 3 (TensorFlow, JAX, PyTorch).
+"""keras_ortho: exact orthogonality regularizers and constraints for Keras 3 (TensorFlow, JAX, PyTorch).
 
-    L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk
+    L = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk      (and four other norms)
 """
 
 from keras_ortho._command import running_as_command, quiet_start_up
@@ -20,7 +20,8 @@ except ModuleNotFoundError as error:
     raise ImportError(f"keras_ortho: {_message}") from error
 
 from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
-from keras_ortho._regularize import regularize
+from keras_ortho._regularize import constrain, regularize
+from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.logger import OrthoLogger
 from keras_ortho.plotting import plot_errors
 from keras_ortho.regularizer import OrthoRegularizer
@@ -30,10 +31,12 @@ from keras_ortho.target import OrthoTarget
 __version__ = "0.1.0"
 
 __all__ = [
+    "OrthoConstraint",
     "OrthoLogger",
     "OrthoRegularizer",
     "OrthoSchedule",
     "OrthoTarget",
+    "constrain",
     "ortho_gradient",
     "ortho_penalty",
     "plot_errors",

@@ -109,6 +109,19 @@ def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     return ops.cast(factor * value, tensor.dtype)
 
 
+def project(tensor, plan, method="svd", iterations=None):
+    """Each slice of a tensor already planned replaced by its polar factor, in its layout and dtype."""
+    if plan.mode == "columns" and plan.rows < plan.cols or plan.mode == "rows" and plan.rows > plan.cols:
+        long_side = "columns than rows" if plan.mode == "columns" else "rows than columns"
+        raise ValueError(
+            f"Argument `mode`: a {plan.rows}x{plan.cols} slice has more {long_side}, so no matrix "
+            f"of its shape has orthonormal {plan.mode}. Received: mode={plan.mode!r}; "
+            '"auto" takes the side that can be orthonormal'
+        )
+    stack = to_stack(tensor, plan)
+    return from_stack(_math.polar_factor(stack, plan.mode, method, iterations), plan, tensor.dtype)
+
+
 # --- Public functions ---------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""`regularize`: an OrthoRegularizer on the kernels of a model that already exists."""
+"""`regularize` and `constrain`: keras_ortho on the kernels of a model that already exists."""
 
 import fnmatch
 import warnings
@@ -6,11 +6,34 @@ import warnings
 import keras
 
 from keras_ortho import _keras_compat, _layers, _watch
+from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
-# Layers whose config carries one `kernel_regularizer` that they pass to all
-# their projection sublayers, and the attribute that holds it.
-_SHARED_KERNEL_REGULARIZER = ("_kernel_regularizer", "kernel_regularizer")
+
+class _Kind:
+    """What is put on a kernel: its class, the variable's attribute, how the layer's arguments name it."""
+
+    def __init__(self, cls, attribute, verb, frozen_reason):
+        self.cls, self.attribute, self.verb, self.frozen_reason = cls, attribute, verb, frozen_reason
+
+    def argument(self, regularizer_argument):
+        """`kernel_regularizer` -> `kernel_constraint` for constraints."""
+        return regularizer_argument.replace("_regularizer", f"_{self.attribute}")
+
+    def of(self, variable):
+        """The variable's own object of this kind, or None."""
+        value = getattr(variable, self.attribute, None)
+        return value if isinstance(value, self.cls) else None
+
+
+_REGULARIZER = _Kind(
+    OrthoRegularizer, "regularizer", "regularize",
+    "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
+)
+_CONSTRAINT = _Kind(
+    OrthoConstraint, "constraint", "constrain",
+    "the optimizer never updates a frozen weight, so a constraint there would never apply.",
+)
 
 
 def regularize(model, regularizer, include=None, exclude=None):
@@ -54,12 +77,45 @@ def regularize(model, regularizer, include=None, exclude=None):
         model = keras.applications.MobileNetV2(weights=None)
         keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4), exclude="*predictions*")
     """
+    return _put(model, regularizer, _REGULARIZER, include, exclude)
+
+
+def constrain(model, constraint, include=None, exclude=None):
+    """Puts `constraint` on the kernels of a built model, at any depth; returns their paths.
+
+    What `regularize` does for an `OrthoRegularizer`, for an `OrthoConstraint`:
+    the same kernels, matched the same way, each sliced by its layer's rule;
+    set on each weight (so the optimizer's next step applies it) and on its
+    layer's constraint argument (`kernel_constraint`, ..., so `model.save`,
+    `.h5` and `to_json` carry it). Keras's cached train function is rebuilt.
+    It does not project the weights at once: the first optimizer step does.
+
+    Args:
+        model: a built Keras model or layer.
+        constraint: an `OrthoConstraint`, or None to remove keras_ortho's
+            constraints from the matched kernels (others are left as they are).
+        include, exclude: as for `regularize`.
+
+    Returns:
+        The paths inside the model of the weights whose constraint was set
+        (or removed).
+
+    Example:
+
+        keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), include="*attention*")
+    """
+    return _put(model, constraint, _CONSTRAINT, include, exclude)
+
+
+def _put(model, obj, kind, include, exclude):
+    """`regularize` and `constrain`: `obj` (of `kind`) on the matched kernels; their paths."""
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
-    if regularizer is not None and not isinstance(regularizer, OrthoRegularizer):
+    name = kind.attribute
+    if obj is not None and not isinstance(obj, kind.cls):
         raise TypeError(
-            "Argument `regularizer` must be an OrthoRegularizer, or None to remove them. "
-            f"Received: regularizer={regularizer!r}"
+            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. "
+            f"Received: {name}={obj!r}"
         )
     include_arg, exclude_arg = include, exclude
     include = _matcher("include", include)
@@ -77,36 +133,37 @@ def regularize(model, regularizer, include=None, exclude=None):
         path = names[id(variable)]
         if not _can_train(variable):
             reason = _why_frozen(layer)
-            if reason is not None and regularizer is not None:
+            if reason is not None and obj is not None:
                 frozen.append(f"'{path}' ({reason})")
             continue
         if (include is not None and not include(variable, path)) or (exclude is not None and exclude(variable, path)):
             continue
-        if regularizer is None and not isinstance(variable.regularizer, OrthoRegularizer):
+        if obj is None and kind.of(variable) is None:
             continue
-        variable.regularizer = regularizer
-        if hasattr(layer, role[1]):
-            setattr(layer, role[1], regularizer)  # what the layer's config carries
+        setattr(variable, name, obj)
+        argument = kind.argument(role[1])
+        if hasattr(layer, argument):
+            setattr(layer, argument, obj)  # what the layer's config carries
         paths.append(path)
-    _share_kernel_regularizers(model)
+    _share_kernel_arguments(model, kind)
     _keras_compat.rebuild_step_functions(model)
     if frozen:
         warnings.warn(
-            f"regularize: left out {len(frozen)} kernel(s) that cannot train: {', '.join(frozen)}. "
-            "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
+            f"{kind.verb}: left out {len(frozen)} kernel(s) that cannot train: {', '.join(frozen)}. "
+            + kind.frozen_reason[0].upper() + kind.frozen_reason[1:],
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if not paths and regularizer is not None and (include is not None or exclude is not None):
+    if not paths and obj is not None and (include is not None or exclude is not None):
         warnings.warn(
-            f"regularize: no kernel of '{model.name}' is left by include={include_arg!r}, "
-            f"exclude={exclude_arg!r}, so nothing was regularized. The patterns match variable "
+            f"{kind.verb}: no kernel of '{model.name}' is left by include={include_arg!r}, "
+            f"exclude={exclude_arg!r}, so nothing was {kind.verb}ed. The patterns match variable "
             f"paths such as {_some_kernel_paths(model)}.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    elif paths and regularizer is not None:
-        _warn_if_configs_drop(model, paths)
+    elif paths and obj is not None:
+        _warn_if_configs_drop(model, paths, kind)
     return paths
 
 
@@ -132,35 +189,37 @@ def _matcher(name, value):
     return matches
 
 
-def _share_kernel_regularizers(model):
+def _share_kernel_arguments(model, kind):
     """Keeps the config of MultiHeadAttention-like layers in step with their projections.
 
-    Such a layer's config carries one `kernel_regularizer`, which it gives
-    every projection when it is built again (loading). Where the projections
-    now disagree, no config can say so: the layer's argument becomes None,
-    with a warning to call `regularize` again after loading.
+    Such a layer's config carries one `kernel_regularizer` (`kernel_constraint`),
+    which it gives every projection when it is built again (loading). Where
+    the projections now disagree, no config can say so: the layer's argument
+    becomes None, with a warning to call `regularize` (`constrain`) again
+    after loading.
     """
+    argument = kind.argument("kernel_regularizer")
     for layer in _layers.layers_of(model):
-        attribute = next((a for a in _SHARED_KERNEL_REGULARIZER if a in vars(layer)), None)
+        attribute = next((a for a in (f"_{argument}", argument) if a in vars(layer)), None)
         if attribute is None or not isinstance(layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
             continue
-        regularizers = {
-            id(v.regularizer): v.regularizer
+        found = {
+            id(getattr(v, kind.attribute)): getattr(v, kind.attribute)
             for sublayer in _layers.layers_of(layer)[1:]
             for v in _layers.own_weights(sublayer)
             if _layers.kernel_attribute(sublayer, v) is not None
         }
-        if len(regularizers) == 1:
-            setattr(layer, attribute, next(iter(regularizers.values())))
-        elif len(regularizers) > 1:
+        if len(found) == 1:
+            setattr(layer, attribute, next(iter(found.values())))
+        elif len(found) > 1:
             setattr(layer, attribute, None)
             warnings.warn(
-                f"regularize: the projections of {type(layer).__name__} '{layer.name}' now have "
-                "different regularizers, and its config carries one `kernel_regularizer` for all "
-                "of them; a saved copy reloads with none. Call `keras_ortho.regularize` again "
+                f"{kind.verb}: the projections of {type(layer).__name__} '{layer.name}' now have "
+                f"different {kind.attribute}s, and its config carries one `{argument}` for all "
+                f"of them; a saved copy reloads with none. Call `keras_ortho.{kind.verb}` again "
                 "after loading it.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
 
@@ -202,8 +261,8 @@ def _some_kernel_paths(model, count=3):
 _CONFIG_CHECK_MAX_PARAMS = 50_000_000
 
 
-def _warn_if_configs_drop(model, paths):
-    """Warns when the model's config cannot carry the regularizer of some of `paths`.
+def _warn_if_configs_drop(model, paths, kind=_REGULARIZER):
+    """Warns when the model's config cannot carry the regularizer (constraint) of some of `paths`.
 
     A layer that builds its sublayers itself from arguments of its own (most
     keras-hub blocks) saves none of their regularizers: the model rebuilt from
@@ -223,16 +282,15 @@ def _warn_if_configs_drop(model, paths):
     except Exception:  # a model without a config cannot be saved with one either
         return
     rebuilt_names = _layers.weight_names(rebuilt)
-    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt)
-               if _can_train(v) and isinstance(v.regularizer, OrthoRegularizer)}
+    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if _can_train(v) and kind.of(v) is not None}
     dropped = [p for p in paths if p not in carried]
     if dropped:
         shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
         warnings.warn(
-            f"regularize: {len(dropped)} of the {len(paths)} kernels regularized in '{model.name}' "
-            f"belong to layers whose config cannot carry a regularizer ({shown}): `model.save` "
-            "and `to_json` keep the weights but not those regularizers. Call "
-            "`keras_ortho.regularize` again after loading the model.",
+            f"{kind.verb}: {len(dropped)} of the {len(paths)} kernels {kind.verb}ed in '{model.name}' "
+            f"belong to layers whose config cannot carry a {kind.attribute} ({shown}): `model.save` "
+            f"and `to_json` keep the weights but not those {kind.attribute}s. Call "
+            f"`keras_ortho.{kind.verb}` again after loading the model.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

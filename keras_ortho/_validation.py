@@ -103,3 +103,17 @@ def check_path(name, value, allow_none=True):
         expected = "None or a path" if allow_none else "a path"
         raise TypeError(f"Argument `{name}` must be {expected}. Received: {name}={value!r}")
     return os.fspath(value)
+
+
+def from_config(cls, config, keys):
+    """`cls(**config)`, refusing unknown keys and naming the class in any error."""
+    unknown = sorted(set(config) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} config has unknown key(s) {unknown}; expected "
+            f"only {list(keys)}. Received: config={config!r}"
+        )
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{cls.__name__} config is invalid: {error}") from error

@@ -9,12 +9,12 @@ from keras_ortho import _keras_compat, _layers, _ops, _validation
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
-try:  # Keras's own accessor; not exported, so its absence is handled (see `_weight_behind`)
+try:  # Keras's own accessor; not exported, so its absence is handled (see `weight_behind`)
     from keras.src.backend.common.stateless_scope import get_stateless_scope
 except ImportError:  # pragma: no cover - depends on the Keras release
     get_stateless_scope = None
 
-# How many callers up `_weight_behind` looks for the variable: Keras's
+# How many callers up `weight_behind` looks for the variable: Keras's
 # `Layer._get_regularization_losses` calls the regularizer directly.
 _CALLERS_SEARCHED = 4
 
@@ -83,7 +83,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
                     "matrices of weights. Pass it as `kernel_regularizer` (or the layer's other "
                     "weight regularizer arguments), or use `keras_ortho.regularize`."
                 )
-        variable, caller = _weight_behind(x, self)
+        variable, caller = weight_behind(x, self, "regularizer")
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         binding = self._scale
@@ -111,16 +111,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
     @classmethod
     def from_config(cls, config):
-        unknown = sorted(set(config) - set(_CONFIG_KEYS))
-        if unknown:
-            raise ValueError(
-                f"{cls.__name__} config has unknown key(s) {unknown}; expected "
-                f"only {list(_CONFIG_KEYS)}. Received: config={config!r}"
-            )
-        try:
-            return cls(**config)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{cls.__name__} config is invalid: {error}") from error
+        return _validation.from_config(cls, config, _CONFIG_KEYS)
 
     def __repr__(self):
         return (
@@ -130,16 +121,19 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         )
 
 
-def _weight_behind(x, regularizer):
+def weight_behind(x, owner, attribute):
     """`(variable, layer)`: the Keras variable `x` is or stands for, and the layer asking.
 
-    Keras calls a regularizer from a layer's `_get_regularization_losses`
-    (`self` there is the layer or model whose losses are collected, which
-    holds the weight) with the variable, except inside its stateless scope
-    (`model.stateless_call`, and so JAX's `fit`), where it passes the very
-    tensor the scope maps the variable to. That variable is found by identity
-    among the locals of Keras's calling frame: a variable whose regularizer
-    is this one and whose value in the scope *is* `x`. The layer lets
+    `owner` is the regularizer (or constraint) called with `x`, and
+    `attribute` the variable's attribute that holds it ("regularizer",
+    "constraint"). Keras calls a regularizer from a layer's
+    `_get_regularization_losses` (`self` there is the layer or model whose
+    losses are collected, which holds the weight) with the variable, except
+    inside its stateless scope (`model.stateless_call`, and so JAX's `fit`),
+    where it passes the very tensor the scope maps the variable to. That
+    variable is found by identity among the locals of Keras's calling frame:
+    a variable whose regularizer (constraint) is `owner` and whose value in
+    the scope *is* `x`. The layer lets
     `_layers` find the weight's own layer, and so its rule, once; a weight
     whose rule is recorded needs no frame at all. Where a tensor stands for a
     weight that cannot be identified, a warning names the shape instead of
@@ -152,7 +146,7 @@ def _weight_behind(x, regularizer):
     scope = get_stateless_scope() if get_stateless_scope is not None else None
     if variable is None and scope is None:
         if get_stateless_scope is None:
-            _warn_unidentified(x, regularizer)
+            _warn_unidentified(x, owner)
         return None, None
     frame = sys._getframe(2)
     for _ in range(_CALLERS_SEARCHED):
@@ -165,7 +159,7 @@ def _weight_behind(x, regularizer):
                     value
                     for value in local.values()
                     if isinstance(value, keras.Variable)
-                    and value.regularizer is regularizer
+                    and getattr(value, attribute, None) is owner
                     and scope.get_current_value(value) is x
                 ),
                 None,
@@ -175,16 +169,16 @@ def _weight_behind(x, regularizer):
             return variable, caller
         frame = frame.f_back
     if variable is None:
-        _warn_unidentified(x, regularizer)
+        _warn_unidentified(x, owner)
     return variable, None
 
 
-def _warn_unidentified(x, regularizer):
+def _warn_unidentified(x, owner):
     shape = tuple(x.shape)
-    if shape not in regularizer._warned_shapes:
-        regularizer._warned_shapes.add(shape)
+    if shape not in owner._warned_shapes:
+        owner._warned_shapes.add(shape)
         warnings.warn(
-            f"OrthoRegularizer was called with a tensor of shape {shape} that stands "
+            f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
             "for a weight it could not identify (this Keras release calls regularizers "
             "in a way keras_ortho does not know). It slices the tensor by the default "
             "rule for its rank, not by its layer's rule (per head, per gate, per "

@@ -15,9 +15,9 @@ from models import mixed_layers_model
 # --- Config and serialization --------------------------------------------------
 
 CONFIGS = [
-    {"factor": 0.01, "slice_axis": None, "mode": "auto", "reduction": "sum"},
-    {"factor": 0.5, "slice_axis": -1, "mode": "rows", "reduction": "mean"},
-    {"factor": 0.0, "slice_axis": 2, "mode": "columns", "reduction": "sum"},
+    {"factor": 0.01, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"},
+    {"factor": 0.5, "slice_axis": -1, "mode": "rows", "reduction": "mean", "norm": "double"},
+    {"factor": 0.0, "slice_axis": 2, "mode": "columns", "reduction": "sum", "norm": "spectral"},
 ]
 
 

@@ -192,7 +192,7 @@ def test_after_fit_the_regularizer_acts_with_its_own_factor_and_config():
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     model.fit(*zeros(), epochs=3, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE)])
 
-    assert regularizer.get_config() == config == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum"}
+    assert regularizer.get_config() == config == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"}
     assert len(model.variables) == variables
     kernel = to_numpy(layer.kernel)
     np.testing.assert_allclose(to_numpy(model.losses[0]), reference.penalty(kernel, FACTOR), rtol=1e-5)

@@ -9,6 +9,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `gram(phi, mode)`: `Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows")
   of a `(m, rows, cols)` stack or one `(rows, cols)` matrix.
 * `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.
+* `matmul(a, b)`: the batched product, at full float32 precision and in
+  float64 for float64 (`keras.ops.matmul` gives neither on every backend).
 * `times_symmetric(phi, symmetric, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i`
   ("rows"), for symmetric `S_i`.
 * `with_gradient(phi, options, forward, backward)`: `value` of

@@ -31,6 +31,10 @@ def minus_identity(gram):
     return gram - jnp.eye(gram.shape[-1], dtype=gram.dtype)
 
 
+def matmul(a, b):
+    return jnp.matmul(a, b, precision=_PRECISION)
+
+
 def times_symmetric(phi, symmetric, mode):
     # `S` (sign(G), G, u u^T, ...) is symmetric. Its transpose is what keeps a
     # sharded kernel's gradient local: with columns sharded over devices, GSPMD

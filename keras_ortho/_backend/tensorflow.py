@@ -53,6 +53,10 @@ def minus_identity(gram):
     return tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) - 1)
 
 
+def matmul(a, b):
+    return tf.linalg.matmul(a, b)
+
+
 def times_symmetric(phi, symmetric, mode):
     if mode == "columns":
         return tf.linalg.matmul(phi, symmetric)

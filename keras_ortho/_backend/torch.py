@@ -24,6 +24,10 @@ def minus_identity(gram):
     return gram
 
 
+def matmul(a, b):
+    return torch.matmul(a, b)
+
+
 def times_symmetric(phi, symmetric, mode):
     if mode == "columns":
         return torch.matmul(phi, symmetric)

@@ -1,0 +1,168 @@
+"""OrthoConstraint and `constrain`: after an optimizer step every slice is its polar factor.
+
+The reference is numpy's SVD polar factor `U V^T` of each slice, the slices
+taken by the layer rules of `test_layers.LAYERS`.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ortho
+import reference
+from backends import to_numpy
+from test_layers import LAYERS, inputs_for, rule_of
+
+L = keras.layers
+
+
+def build(name, how, constraint):
+    factory, input_shape, _, arguments = LAYERS[name]
+    keras.utils.set_random_seed(0)
+    constructor_arguments = {a.replace("_regularizer", "_constraint"): constraint for a in arguments}
+    layer = factory(**(constructor_arguments if how == "constructor" else {}))
+    if input_shape == "tokens":
+        inputs = keras.Input((3,), dtype="int32")
+        outputs = layer(inputs)
+    elif input_shape == "sequence":
+        inputs = keras.Input((4, 5))
+        outputs = layer(inputs, inputs)
+    else:
+        inputs = keras.Input(input_shape)
+        outputs = layer(inputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for v in model.trainable_weights:
+        v.assign(rng.normal(scale=0.5, size=v.shape).astype(v.dtype))
+    if how == "constrain":
+        paths = keras_ortho.constrain(model, constraint)
+        assert len(paths) == len(LAYERS[name][2]), paths
+    return model
+
+
+def constrained(model):
+    return [v for v in model.trainable_weights if isinstance(v.constraint, keras_ortho.OrthoConstraint)]
+
+
+def step_without_gradient(model, name, **compile_options):
+    """One optimizer step whose update is zero: what changes is the constraint's doing."""
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lambda y, p: 0.0 * keras.ops.sum(p), **compile_options)
+    x = inputs_for(name)
+    model.fit(x, np.zeros((len(x), 1), "float32"), epochs=1, batch_size=len(x), verbose=0)
+
+
+def assert_polar_factors(model, name, before):
+    kernels = constrained(model)
+    assert len(kernels) == len(LAYERS[name][2])
+    for v in kernels:
+        rule = rule_of(name, v)
+        got = reference.slices_by(to_numpy(v), rule)
+        expected = [reference.polar_factor(p) for p in reference.slices_by(before[v.path], rule)]
+        assert len(got) == len(expected) > 0
+        for slice_got, slice_expected in zip(got, expected):
+            np.testing.assert_allclose(np.linalg.svd(slice_got, compute_uv=False), 1.0, atol=2e-6, err_msg=v.path)
+            np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6, err_msg=v.path)
+
+
+@pytest.mark.parametrize("how", ["constructor", "constrain"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_a_step_leaves_each_slice_of_each_layer_rule_orthonormal(name, how):
+    model = build(name, how, keras_ortho.OrthoConstraint())
+    before = {v.path: to_numpy(v).copy() for v in constrained(model)}
+    step_without_gradient(model, name)
+    assert_polar_factors(model, name, before)
+
+
+@pytest.mark.parametrize("name", ["Conv2D(groups=2)", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"])
+def test_under_jit_compile(name):
+    model = build(name, "constructor", keras_ortho.OrthoConstraint())
+    before = {v.path: to_numpy(v).copy() for v in constrained(model)}
+    step_without_gradient(model, name, jit_compile=True)
+    assert_polar_factors(model, name, before)
+
+
+def test_training_keeps_every_slice_orthonormal(rng):
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(16, activation="tanh", kernel_constraint=keras_ortho.OrthoConstraint()),
+            L.Dense(4, kernel_constraint=keras_ortho.OrthoConstraint()),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    x = rng.normal(size=(64, 8)).astype("float32")
+    history = model.fit(x, x[:, :4] ** 2, epochs=3, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for layer in model.layers:
+        singular_values = np.linalg.svd(to_numpy(layer.kernel), compute_uv=False)
+        np.testing.assert_allclose(singular_values, 1.0, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape,mode", [((9, 4), "auto"), ((4, 9), "auto"), ((6, 3, 5), "auto"), ((5, 5), "rows")])
+def test_newton_schulz_meets_the_svd_polar_factor(rng, shape, mode):
+    """Slices with singular values in [0.1, 3] (condition number 30): within float32 rounding after 24 steps."""
+    w = np.stack(
+        [reference.with_singular_values(rng, shape[0], shape[-1], np.geomspace(0.1, 3.0, min(shape[0], shape[-1])))
+         for _ in range(shape[1] if len(shape) == 3 else 1)],
+        axis=1,
+    ).reshape(shape).astype("float32")
+    plain = keras_ortho.OrthoConstraint(mode=mode)(keras.ops.convert_to_tensor(w))
+    fast = keras_ortho.OrthoConstraint(mode=mode, method="newton_schulz")(keras.ops.convert_to_tensor(w))
+    expected = np.stack([reference.polar_factor(p) for p in reference.slices(w)], axis=1).reshape(shape)
+    np.testing.assert_allclose(to_numpy(plain), expected, atol=2e-6)
+    np.testing.assert_allclose(to_numpy(fast), expected, atol=2e-5)
+
+
+def test_arguments_are_checked_with_the_value_received():
+    with pytest.raises(ValueError, match=r"method.*Received: method='qr'"):
+        keras_ortho.OrthoConstraint(method="qr")
+    with pytest.raises(ValueError, match=r"iterations.*Received: iterations=0"):
+        keras_ortho.OrthoConstraint(method="newton_schulz", iterations=0)
+    with pytest.raises(ValueError, match=r"iterations.*svd"):
+        keras_ortho.OrthoConstraint(iterations=5)
+    with pytest.raises(ValueError, match=r"mode"):
+        keras_ortho.OrthoConstraint(mode="diagonal")
+    with pytest.raises(ValueError, match=r"3x5 slice.*orthonormal columns.*Received: mode='columns'"):
+        keras_ortho.OrthoConstraint(mode="columns")(np.ones((3, 5), "float32"))
+    with pytest.raises(TypeError, match=r"constraint.*OrthoConstraint.*Received: constraint="):
+        keras_ortho.constrain(build("Dense", "constructor", None), keras.constraints.NonNeg())
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [keras_ortho.OrthoConstraint(), keras_ortho.OrthoConstraint(slice_axis=1, mode="rows", method="newton_schulz", iterations=9)],
+)
+def test_config_round_trips(constraint):
+    config = constraint.get_config()
+    restored = keras.constraints.deserialize(json.loads(json.dumps(keras.constraints.serialize(constraint))))
+    assert isinstance(restored, keras_ortho.OrthoConstraint) and restored.get_config() == config
+
+
+@pytest.mark.parametrize("form", [".keras", ".h5", "json"])
+@pytest.mark.parametrize("name", ["LSTM", "MultiHeadAttention", "DepthwiseConv2D"])
+def test_constrain_survives_saving_and_none_removes(tmp_path, name, form):
+    model = build(name, "constructor", None)
+    constraint = keras_ortho.OrthoConstraint(method="newton_schulz", iterations=30)
+    paths = keras_ortho.constrain(model, constraint)
+    assert len(paths) == len(LAYERS[name][2])
+    if form == "json":
+        loaded = keras.models.model_from_json(model.to_json())
+    else:
+        path = os.path.join(tmp_path, f"model{form}")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    kept = constrained(loaded)
+    assert len(kept) == len(paths)
+    assert all(v.constraint.get_config() == constraint.get_config() for v in kept)
+    removed = keras_ortho.constrain(model, None)
+    assert sorted(removed) == sorted(paths) and not constrained(model)
+
+
+def test_constraining_some_attention_projections_warns_that_the_config_cannot_say_so():
+    model = build("MultiHeadAttention", "constructor", None)
+    with pytest.warns(UserWarning, match=r"constrain: the projections.*kernel_constraint"):
+        paths = keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), exclude="*attention_output*")
+    assert len(paths) == 3
