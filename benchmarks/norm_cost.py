@@ -11,6 +11,10 @@ run them (TensorFlow `tf.function`, JAX `jax.jit`, PyTorch eagerly):
 * `floor`: the Gram and one gradient-sized product on the stack already laid
   out, as in the `backends` section.
 
+And what `OrthoConstraint` costs on the same kernels: one projection of the
+weight (what Keras runs after each optimizer step) by "svd" and by
+"newton_schulz", against the L1 penalty plus gradient.
+
 Used by `run.py`, section `norms`.
 """
 
@@ -83,13 +87,37 @@ def measure(label, shape, norm, rounds, calls):
     }
 
 
+def measure_projections(label, shape, rounds, calls):
+    """ms of one `OrthoConstraint` projection per method, and the L1 penalty plus gradient."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32"))
+    variants = {
+        method: bp._compiled(keras_ortho.OrthoConstraint(method=method), w) for method in _math.PROJECTIONS
+    }
+    variants["l1 penalty"] = bp._value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR), w)
+    times = median_times({name: bp._synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)
+    ms = {name: t["median_s"] * 1e3 for name, t in times.items()}
+    return {
+        "kernel": label,
+        "ms": ms,
+        "iqr_ms": {name: t["iqr_s"] * 1e3 for name, t in times.items()},
+        **{f"{method}/l1 penalty": ms[method] / ms["l1 penalty"] for method in _math.PROJECTIONS},
+    }
+
+
 def run(quick, log=print):
     rounds, calls = (2, 1) if quick else (11, 3)
-    rows = []
+    rows, projections = [], []
     for label, shape in QUICK_SHAPES if quick else SHAPES:
         for norm in _math.NORMS:
             row = measure(label, shape, norm, rounds, calls)
             log(f"  {label:<22} {norm:<10} ours {row['ms']['ours']:8.2f} ms  ours/autodiff "
                 f"{row['ours/autodiff']:.2f}  ours/floor {row['ours/floor']:.2f}")
             rows.append(row)
-    return {"rows": rows}
+        row = measure_projections(label, shape, rounds, calls)
+        log(f"  {label:<22} constraint svd {row['ms']['svd']:.2f} ms, newton_schulz "
+            f"{row['ms']['newton_schulz']:.2f} ms, l1 penalty {row['ms']['l1 penalty']:.2f} ms")
+        projections.append(row)
+    return {"rows": rows, "projections": projections}

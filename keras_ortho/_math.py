@@ -207,27 +207,24 @@ class _Spectral:
 
     @staticmethod
     def _eigenpair(residual):
-        """`(lambda, u)`: the Rayleigh quotient and unit vector after `POWER_ITERATIONS` steps."""
+        """`(lambda, u)`: the Rayleigh quotient and unit column `(..., k, 1)` after `POWER_ITERATIONS` steps."""
         k = residual.shape[-1]
+        matmul = _backend.current().matmul
         # A fixed start, the same on every backend and call: no state to carry,
         # and (with probability one) not orthogonal to the eigenvector sought.
-        start = np.random.default_rng(0).standard_normal(k)
-        vector = ops.broadcast_to(ops.cast(start / np.linalg.norm(start), residual.dtype), residual.shape[:-1])
-
-        def times_residual(vector):
-            # Multiply and sum: every backend keeps float64 there.
-            return ops.sum(residual * ops.expand_dims(vector, -2), axis=-1)
+        start = np.random.default_rng(0).standard_normal((k, 1))
+        vector = ops.broadcast_to(ops.cast(start / np.linalg.norm(start), residual.dtype), (*residual.shape[:-1], 1))
 
         def step(_, vector):
-            vector = times_residual(vector)
-            length = ops.sqrt(ops.sum(ops.square(vector), axis=-1, keepdims=True))
+            vector = matmul(residual, vector)
+            length = ops.sqrt(ops.sum(ops.square(vector), axis=-2, keepdims=True))
             # A zero residual (an orthonormal slice) gives a zero vector: value and
             # gradient 0. An addition, not `maximum`, which Keras's PyTorch
             # backend computes in float32 for float64 tensors.
             return vector / (length + _TINY)
 
         vector = ops.fori_loop(0, POWER_ITERATIONS, step, vector)
-        return ops.sum(vector * times_residual(vector), axis=-1), vector
+        return ops.sum(vector * matmul(residual, vector), axis=(-2, -1)), vector
 
     @classmethod
     def values(cls, phi, mode):
@@ -236,9 +233,8 @@ class _Spectral:
     @classmethod
     def forward(cls, phi, mode, reduction):
         eigenvalue, vector = cls._eigenpair(gram_residual(phi, mode))
-        outer = ops.expand_dims(vector, -1) * ops.expand_dims(vector, -2)
         sign = ops.expand_dims(ops.expand_dims(ops.sign(eigenvalue), -1), -1)
-        return ops.sum(ops.abs(eigenvalue)), sign * outer
+        return ops.sum(ops.abs(eigenvalue)), (sign * vector) * ops.swapaxes(vector, -1, -2)
 
     @staticmethod
     def backward(phi, signed_outer, mode, reduction, scale):
