@@ -234,11 +234,12 @@ class _Spectral:
     def forward(cls, phi, mode, reduction):
         eigenvalue, vector = cls._eigenpair(gram_residual(phi, mode))
         sign = ops.expand_dims(ops.expand_dims(ops.sign(eigenvalue), -1), -1)
-        return ops.sum(ops.abs(eigenvalue)), (sign * vector) * ops.swapaxes(vector, -1, -2)
+        return ops.sum(ops.abs(eigenvalue)), ops.concatenate([sign * vector, vector], axis=-1)
 
     @staticmethod
-    def backward(phi, signed_outer, mode, reduction, scale):
-        return _times(phi, signed_outer * (2 * scale), mode)
+    def backward(phi, pair, mode, reduction, scale):
+        # 2 s Phi u u^T, as the rank-one product it is: no Gram-sized matmul.
+        return _times_outer(phi, pair[..., 0:1] * (2 * scale), pair[..., 1:2], mode)
 
 
 class _Coherence:
@@ -247,27 +248,40 @@ class _Coherence:
     @staticmethod
     def _flat(residual):
         k = residual.shape[-1]
-        return ops.reshape(ops.abs(residual), (*residual.shape[:-2], k * k))
+        return ops.reshape(residual, (*residual.shape[:-2], k * k))
 
     @classmethod
     def values(cls, phi, mode):
-        return ops.max(cls._flat(gram_residual(phi, mode)), axis=-1)
+        return ops.max(ops.abs(cls._flat(gram_residual(phi, mode))), axis=-1)
 
     @classmethod
     def forward(cls, phi, mode, reduction):
         residual = gram_residual(phi, mode)
+        k = residual.shape[-1]
         flat = cls._flat(residual)
-        largest = ops.max(flat, axis=-1, keepdims=True)
-        size = flat.shape[-1]
+        magnitude = ops.abs(flat)
+        largest = ops.max(magnitude, axis=-1, keepdims=True)
         # The first largest entry in row-major order, on every backend (argmax
         # promises no order of ties on TensorFlow).
-        index = ops.min(ops.where(flat >= largest, ops.arange(size), size), axis=-1)
-        picked = ops.reshape(ops.one_hot(index, size, dtype=residual.dtype), residual.shape) * ops.sign(residual)
-        return ops.sum(largest), picked + ops.swapaxes(picked, -1, -2)
+        index = ops.min(ops.where(magnitude >= largest, ops.arange(k * k), k * k), axis=-1, keepdims=True)
+        sign = ops.sign(ops.take_along_axis(flat, index, axis=-1))
+        row = ops.expand_dims(ops.one_hot(index[..., 0] // k, k, dtype=residual.dtype), -1)
+        column = ops.expand_dims(ops.one_hot(index[..., 0] % k, k, dtype=residual.dtype), -1)
+        return ops.sum(largest), ops.concatenate([ops.expand_dims(sign, -1) * row, column], axis=-1)
 
     @staticmethod
-    def backward(phi, picked, mode, reduction, scale):
-        return _times(phi, picked * scale, mode)
+    def backward(phi, pair, mode, reduction, scale):
+        # Phi (E + E^T), E = s e_j e_k^T: two rank-one products, no Gram-sized matmul.
+        signed, other = pair[..., 0:1] * scale, pair[..., 1:2]
+        return _times_outer(phi, signed, other, mode) + _times_outer(phi, other, signed, mode)
+
+
+def _times_outer(phi, a, b, mode):
+    """`Phi_i a b^T` ("columns") or `a b^T Phi_i` ("rows"), for columns `a`, `b` of shape `(..., k, 1)`."""
+    matmul = _backend.current().matmul
+    if mode == "columns":
+        return matmul(phi, a) * ops.swapaxes(b, -1, -2)
+    return a * matmul(ops.swapaxes(b, -1, -2), phi)
 
 
 _NORMS = {"l1": _L1, "fro": _Frobenius, "double": _Double, "spectral": _Spectral, "coherence": _Coherence}
