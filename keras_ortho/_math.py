@@ -40,9 +40,11 @@ left (`2 sign(G_i) Phi_i`, ...). Where the notes below do not say otherwise,
   the same under `stateless_call` and JAX's jit), and 32 steps of `k^2` each
   cost little beside the `rows * k^2` of the Gram.
 * `"coherence"`: `E` is one at the largest `|G_i|_jk` and zero elsewhere,
-  times that entry's sign. Of tied entries the first in row-major order is
-  taken, on every backend (so of a symmetric pair, the one above the
-  diagonal; its gradient is the same for either of the pair).
+  times that entry's sign. `G_i` is symmetric, so the largest entry comes as a
+  pair `(j, k)`, `(k, j)`, and `E + E^T` is the same whichever of the two is
+  found. Of entries tied otherwise, the one the backend's `argmax` returns is
+  taken (the first in row-major order on JAX and PyTorch); such ties are a
+  set of measure zero off orthonormal slices, where `E` is 0.
 
 The gradient reaches the backend's autodiff through its custom-gradient
 mechanism and reuses the forward pass's Gram, so training never
@@ -237,13 +239,13 @@ class _Spectral:
         return ops.sum(ops.abs(eigenvalue)), ops.concatenate([sign * vector, vector], axis=-1)
 
     @staticmethod
-    def backward(phi, pair, mode, reduction, scale):
+    def backward(phi, factors, mode, reduction, scale):
         # 2 s Phi u u^T, as the rank-one product it is: no Gram-sized matmul.
-        return _times_outer(phi, pair[..., 0:1] * (2 * scale), pair[..., 1:2], mode)
+        return _times_low_rank(phi, factors[..., :1] * (2 * scale), factors[..., 1:], mode)
 
 
 class _Coherence:
-    """`max_jk |G_i|_jk`; gradient `Phi_i (E + E^T)` at the first largest entry."""
+    """`max_jk |G_i|_jk`; gradient `Phi_i (E + E^T)` at the largest entry."""
 
     @staticmethod
     def _flat(residual):
@@ -260,28 +262,31 @@ class _Coherence:
         k = residual.shape[-1]
         flat = cls._flat(residual)
         magnitude = ops.abs(flat)
-        largest = ops.max(magnitude, axis=-1, keepdims=True)
-        # The first largest entry in row-major order, on every backend (argmax
-        # promises no order of ties on TensorFlow).
-        index = ops.min(ops.where(magnitude >= largest, ops.arange(k * k), k * k), axis=-1, keepdims=True)
+        index = ops.expand_dims(ops.argmax(magnitude, axis=-1), -1)
+        largest = ops.take_along_axis(magnitude, index, axis=-1)
         sign = ops.sign(ops.take_along_axis(flat, index, axis=-1))
         row = ops.expand_dims(ops.one_hot(index[..., 0] // k, k, dtype=residual.dtype), -1)
         column = ops.expand_dims(ops.one_hot(index[..., 0] % k, k, dtype=residual.dtype), -1)
-        return ops.sum(largest), ops.concatenate([ops.expand_dims(sign, -1) * row, column], axis=-1)
+        # E + E^T = L R^T with L = s [e_j, e_k], R = [e_k, e_j].
+        sign = ops.expand_dims(sign, -1)
+        return ops.sum(largest), ops.concatenate([sign * row, sign * column, column, row], axis=-1)
 
     @staticmethod
-    def backward(phi, pair, mode, reduction, scale):
-        # Phi (E + E^T), E = s e_j e_k^T: two rank-one products, no Gram-sized matmul.
-        signed, other = pair[..., 0:1] * scale, pair[..., 1:2]
-        return _times_outer(phi, signed, other, mode) + _times_outer(phi, other, signed, mode)
+    def backward(phi, factors, mode, reduction, scale):
+        # Phi (E + E^T) as the rank-two product it is: no Gram-sized matmul.
+        return _times_low_rank(phi, factors[..., :2] * scale, factors[..., 2:], mode)
 
 
-def _times_outer(phi, a, b, mode):
-    """`Phi_i a b^T` ("columns") or `a b^T Phi_i` ("rows"), for columns `a`, `b` of shape `(..., k, 1)`."""
+def _times_low_rank(phi, left, right, mode):
+    """`Phi_i L R^T` ("columns") or `L R^T Phi_i` ("rows"), for `L`, `R` of shape `(..., k, r)`, `r` small.
+
+    Two thin products, reading `Phi_i` once and writing the result once,
+    instead of building the `k x k` matrix `L R^T` and multiplying by it.
+    """
     matmul = _backend.current().matmul
     if mode == "columns":
-        return matmul(phi, a) * ops.swapaxes(b, -1, -2)
-    return a * matmul(ops.swapaxes(b, -1, -2), phi)
+        return matmul(matmul(phi, left), ops.swapaxes(right, -1, -2))
+    return matmul(left, matmul(ops.swapaxes(right, -1, -2), phi))
 
 
 _NORMS = {"l1": _L1, "fro": _Frobenius, "double": _Double, "spectral": _Spectral, "coherence": _Coherence}

@@ -167,8 +167,8 @@ def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", 
     * "spectral" (SRIP): the largest `|eigenvalue|` of `G_i` by 32 steps of
       power iteration, gradient `2 s Phi_i u u^T` (`u` its eigenvector, `s`
       its sign);
-    * "coherence" (MC): `max_jk |G_i|_jk`, gradient at the first largest entry
-      in row-major order.
+    * "coherence" (MC): `max_jk |G_i|_jk`, gradient `Phi_i (E + E^T)` with
+      `E` the sign of the largest entry there and 0 elsewhere.
 
     Bansal et al. 2018 ("Can We Gain More from Orthogonality Regularizations
     in Training Deep CNNs?") compares SO, DSO, MC and SRIP. Same value and
