@@ -18,6 +18,8 @@ weight (what Keras runs after each optimizer step) by "svd" and by
 Used by `run.py`, section `norms`.
 """
 
+import time
+
 from keras import ops
 
 import keras_ortho
@@ -120,4 +122,4 @@ def run(quick, log=print):
         log(f"  {label:<22} constraint svd {row['ms']['svd']:.2f} ms, newton_schulz "
             f"{row['ms']['newton_schulz']:.2f} ms, l1 penalty {row['ms']['l1 penalty']:.2f} ms")
         projections.append(row)
-    return {"rows": rows, "projections": projections}
+    return {"rows": rows, "projections": projections, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

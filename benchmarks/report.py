@@ -251,7 +251,10 @@ def markdown(results):
             "in plain `keras.ops` left to the backend's autodiff (\"double\" building both Grams as its formula "
             "reads, \"spectral\" differentiating through the same 32 power-iteration steps); `floor` the Gram "
             f"and one gradient product on the laid-out stack. Target: ours/autodiff <= {TARGET_NORM_AUTODIFF} "
-            "(bold where missed). Each cell: ours ms (IQR), ours/autodiff, ours/floor.", "",
+            "(bold where missed). Each cell: ours ms (IQR), ours/autodiff, ours/floor."
+            + "".join(f" Measured {d} (after the sections above)." for d in
+                      sorted({s["measured"][:10] for s in results["norms"].values() if "measured" in s})),
+            "",
             norms_table(results["norms"]), "",
             "### The hard constraint: one projection per optimizer step", "",
             "`OrthoConstraint` on the same kernels, compiled the same way: one projection (what Keras runs "
