@@ -166,3 +166,21 @@ def test_constraining_some_attention_projections_warns_that_the_config_cannot_sa
     with pytest.warns(UserWarning, match=r"constrain: the projections.*kernel_constraint"):
         paths = keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), exclude="*attention_output*")
     assert len(paths) == 3
+
+
+def test_a_tensor_standing_for_a_weight_is_sliced_by_its_layers_rule():
+    """As an optimizer in a stateless scope may call it: with the value, the variable among its locals."""
+    model = build("DepthwiseConv2D", "constructor", keras_ortho.OrthoConstraint())
+    (variable,) = constrained(model)
+    value = keras.ops.convert_to_tensor(np.random.default_rng(3).normal(size=variable.shape).astype("float32"))
+
+    def apply(variable, value):  # the caller's frame holds the variable, as Keras's optimizer does
+        return variable.constraint(value)
+
+    with keras.StatelessScope([(variable, value)]):
+        projected = apply(variable, value)
+    got = reference.slices_by(to_numpy(projected), rule_of("DepthwiseConv2D", variable))
+    expected = [reference.polar_factor(p) for p in reference.slices_by(to_numpy(value), rule_of("DepthwiseConv2D", variable))]
+    assert len(got) == 3  # one (9, 2) matrix per input channel
+    for slice_got, slice_expected in zip(got, expected):
+        np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6)
