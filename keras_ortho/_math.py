@@ -133,39 +133,31 @@ def _batch_sum(x):
     return ops.sum(x, axis=(-2, -1))
 
 
-class _L1:
-    """`sum_jk |G_i|_jk`, gradient `2 Phi_i sign(G_i)`."""
+class _Entrywise:
+    """`sum_jk f(G_i)_jk`, whose gradient is `Phi_i f'(G_i)` plus its transpose's share.
 
-    @staticmethod
-    def values(phi, mode):
-        return _batch_sum(ops.abs(gram_residual(phi, mode)))
+    `G_i` is symmetric and depends on `Phi_i` through both of its sides, so
+    the gradient is `2 Phi_i f'(G_i)`: `2 Phi_i sign(G_i)` for `|.|`,
+    `4 Phi_i G_i` for `(.)^2`. `slope(residual, c)` is `c * 2 f'(residual)`.
+    """
 
-    @staticmethod
-    def forward(phi, mode, reduction):
+    def __init__(self, measure, slope):
+        self.measure, self.slope = measure, slope
+
+    def values(self, phi, mode):
+        return _batch_sum(self.measure(gram_residual(phi, mode)))
+
+    def forward(self, phi, mode, reduction):
         residual = gram_residual(phi, mode)
-        return ops.sum(ops.abs(residual)) * _entries(residual, reduction), residual
+        return ops.sum(self.measure(residual)) * _entries(residual, reduction), residual
 
-    @staticmethod
-    def backward(phi, residual, mode, reduction, scale):
-        # The sign matrix is never larger than phi in auto mode, so it takes the scale.
-        return _times(phi, ops.sign(residual) * (2 * _entries(residual, reduction) * scale), mode)
+    def backward(self, phi, residual, mode, reduction, scale):
+        # The slope matrix is never larger than phi in auto mode, so it takes the scale.
+        return _times(phi, self.slope(residual, _entries(residual, reduction) * scale), mode)
 
 
-class _Frobenius:
-    """`||G_i||_F^2`, gradient `4 Phi_i G_i`."""
-
-    @staticmethod
-    def values(phi, mode):
-        return _batch_sum(ops.square(gram_residual(phi, mode)))
-
-    @staticmethod
-    def forward(phi, mode, reduction):
-        residual = gram_residual(phi, mode)
-        return ops.sum(ops.square(residual)) * _entries(residual, reduction), residual
-
-    @staticmethod
-    def backward(phi, residual, mode, reduction, scale):
-        return _times(phi, residual * (4 * _entries(residual, reduction) * scale), mode)
+_L1 = _Entrywise(ops.abs, lambda residual, c: ops.sign(residual) * (2 * c))
+_Frobenius = _Entrywise(ops.square, lambda residual, c: residual * (4 * c))
 
 
 class _Double:

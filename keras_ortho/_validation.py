@@ -117,3 +117,9 @@ def from_config(cls, config, keys):
         return cls(**config)
     except (TypeError, ValueError) as error:
         raise type(error)(f"{cls.__name__} config is invalid: {error}") from error
+
+
+def config_repr(obj):
+    """`Name(key=value, ...)` from `obj.get_config()`: the arguments that rebuild it."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in obj.get_config().items())
+    return f"{type(obj).__name__}({arguments})"

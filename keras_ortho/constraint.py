@@ -71,7 +71,4 @@ class OrthoConstraint(keras.constraints.Constraint):
         return _validation.from_config(cls, config, _CONFIG_KEYS)
 
     def __repr__(self):
-        return (
-            f"{type(self).__name__}(slice_axis={self.slice_axis!r}, mode={self.mode!r}, "
-            f"method={self.method!r}, iterations={self.iterations!r})"
-        )
+        return _validation.config_repr(self)

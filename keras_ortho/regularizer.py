@@ -114,11 +114,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         return _validation.from_config(cls, config, _CONFIG_KEYS)
 
     def __repr__(self):
-        return (
-            f"{type(self).__name__}(factor={self.factor!r}, "
-            f"slice_axis={self.slice_axis!r}, mode={self.mode!r}, reduction={self.reduction!r}, "
-            f"norm={self.norm!r})"
-        )
+        return _validation.config_repr(self)
 
 
 def weight_behind(x, owner, attribute):

@@ -14,29 +14,14 @@ import pytest
 import keras_ortho
 import reference
 from backends import to_numpy
-from test_layers import LAYERS, inputs_for, rule_of
+from test_layers import LAYERS, inputs_for, model_of, rule_of
 
 L = keras.layers
 
 
 def build(name, how, constraint):
-    factory, input_shape, _, arguments = LAYERS[name]
-    keras.utils.set_random_seed(0)
-    constructor_arguments = {a.replace("_regularizer", "_constraint"): constraint for a in arguments}
-    layer = factory(**(constructor_arguments if how == "constructor" else {}))
-    if input_shape == "tokens":
-        inputs = keras.Input((3,), dtype="int32")
-        outputs = layer(inputs)
-    elif input_shape == "sequence":
-        inputs = keras.Input((4, 5))
-        outputs = layer(inputs, inputs)
-    else:
-        inputs = keras.Input(input_shape)
-        outputs = layer(inputs)
-    model = keras.Model(inputs, outputs)
-    rng = np.random.default_rng(0)
-    for v in model.trainable_weights:
-        v.assign(rng.normal(scale=0.5, size=v.shape).astype(v.dtype))
+    arguments = [a.replace("_regularizer", "_constraint") for a in LAYERS[name][3]]
+    model = model_of(name, {a: constraint for a in arguments} if how == "constructor" else {})
     if how == "constrain":
         paths = keras_ortho.constrain(model, constraint)
         assert len(paths) == len(LAYERS[name][2]), paths

@@ -107,10 +107,20 @@ LAYERS = {
 
 
 def build(name, how):
-    factory, input_shape, _, arguments = LAYERS[name]
-    keras.utils.set_random_seed(0)
     regularizer = keras_ortho.OrthoRegularizer(FACTOR)
-    layer = factory(**({a: regularizer for a in arguments} if how == "constructor" else {}))
+    arguments = LAYERS[name][3]
+    model = model_of(name, {a: regularizer for a in arguments} if how == "constructor" else {})
+    if how == "regularize":
+        paths = keras_ortho.regularize(model, regularizer)
+        assert sorted(paths) == sorted(v.path for v in regularized(model)), paths
+    return model
+
+
+def model_of(name, layer_arguments):
+    """A model of the one layer `name`, built with `layer_arguments`, its weights random."""
+    factory, input_shape, _, _ = LAYERS[name]
+    keras.utils.set_random_seed(0)
+    layer = factory(**layer_arguments)
     if input_shape == "tokens":
         inputs = keras.Input((3,), dtype="int32")
         outputs = layer(inputs)
@@ -126,9 +136,6 @@ def build(name, how):
     rng = np.random.default_rng(0)
     for v in model.trainable_weights:
         v.assign(rng.normal(scale=0.5, size=v.shape).astype(v.dtype))
-    if how == "regularize":
-        paths = keras_ortho.regularize(model, regularizer)
-        assert sorted(paths) == sorted(v.path for v in regularized(model)), paths
     return model
 
 
