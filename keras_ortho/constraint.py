@@ -2,9 +2,8 @@
 
 import keras
 
-from keras_ortho import _layers, _ops, _validation
+from keras_ortho import _keras_compat, _layers, _ops, _validation
 from keras_ortho._math import PROJECTIONS
-from keras_ortho.regularizer import weight_behind
 
 _CONFIG_KEYS = ("slice_axis", "mode", "method", "iterations")
 _DEFAULT_ITERATIONS = 24
@@ -58,7 +57,7 @@ class OrthoConstraint(keras.constraints.Constraint):
         self._warned_shapes = set()
 
     def __call__(self, w):
-        variable, caller = weight_behind(w, self, "constraint")
+        variable, caller = _keras_compat.weight_behind(w, self, "constraint")
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
         return _ops.project(tensor, plan, self.method, self.iterations)

@@ -1,7 +1,6 @@
 """`OrthoRegularizer`: the Keras adapter for `ortho_penalty`."""
 
 import sys
-import warnings
 
 import keras
 
@@ -9,14 +8,6 @@ from keras_ortho import _keras_compat, _layers, _ops, _validation
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
-try:  # Keras's own accessor; not exported, so its absence is handled (see `weight_behind`)
-    from keras.src.backend.common.stateless_scope import get_stateless_scope
-except ImportError:  # pragma: no cover - depends on the Keras release
-    get_stateless_scope = None
-
-# How many callers up `weight_behind` looks for the variable: Keras's
-# `Layer._get_regularization_losses` calls the regularizer directly.
-_CALLERS_SEARCHED = 4
 
 
 @keras.saving.register_keras_serializable(package="keras_ortho")
@@ -83,7 +74,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
                     "matrices of weights. Pass it as `kernel_regularizer` (or the layer's other "
                     "weight regularizer arguments), or use `keras_ortho.regularize`."
                 )
-        variable, caller = weight_behind(x, self, "regularizer")
+        variable, caller = _keras_compat.weight_behind(x, self, "regularizer")
         rule = None if variable is None else _layers.known_rule(variable, root=caller)
         tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         binding = self._scale
@@ -115,70 +106,3 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
     def __repr__(self):
         return _validation.config_repr(self)
-
-
-def weight_behind(x, owner, attribute):
-    """`(variable, layer)`: the Keras variable `x` is or stands for, and the layer asking.
-
-    `owner` is the regularizer (or constraint) called with `x`, and
-    `attribute` the variable's attribute that holds it ("regularizer",
-    "constraint"). Keras calls a regularizer from a layer's
-    `_get_regularization_losses` (`self` there is the layer or model whose
-    losses are collected, which holds the weight) with the variable, except
-    inside its stateless scope (`model.stateless_call`, and so JAX's `fit`),
-    where it passes the very tensor the scope maps the variable to. That
-    variable is found by identity among the locals of Keras's calling frame:
-    a variable whose regularizer (constraint) is `owner` and whose value in
-    the scope *is* `x`. The layer lets
-    `_layers` find the weight's own layer, and so its rule, once; a weight
-    whose rule is recorded needs no frame at all. Where a tensor stands for a
-    weight that cannot be identified, a warning names the shape instead of
-    slicing it silently by the default rule. `(None, None)` for a tensor of
-    the user's own.
-    """
-    variable = x if isinstance(x, keras.Variable) else None
-    if variable is not None and _layers.is_recorded(variable):
-        return variable, None
-    scope = get_stateless_scope() if get_stateless_scope is not None else None
-    if variable is None and scope is None:
-        if get_stateless_scope is None:
-            _warn_unidentified(x, owner)
-        return None, None
-    frame = sys._getframe(2)
-    for _ in range(_CALLERS_SEARCHED):
-        if frame is None:
-            break
-        local = frame.f_locals
-        if variable is None:
-            variable = next(
-                (
-                    value
-                    for value in local.values()
-                    if isinstance(value, keras.Variable)
-                    and getattr(value, attribute, None) is owner
-                    and scope.get_current_value(value) is x
-                ),
-                None,
-            )
-        caller = local.get("self")
-        if variable is not None and isinstance(caller, keras.layers.Layer):
-            return variable, caller
-        frame = frame.f_back
-    if variable is None:
-        _warn_unidentified(x, owner)
-    return variable, None
-
-
-def _warn_unidentified(x, owner):
-    shape = tuple(x.shape)
-    if shape not in owner._warned_shapes:
-        owner._warned_shapes.add(shape)
-        warnings.warn(
-            f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
-            "for a weight it could not identify (this Keras release calls regularizers "
-            "in a way keras_ortho does not know). It slices the tensor by the default "
-            "rule for its rank, not by its layer's rule (per head, per gate, per "
-            "channel); pass `slice_axis` to be explicit.",
-            RuntimeWarning,
-            stacklevel=4,
-        )

@@ -79,3 +79,30 @@ def test_rebuilding_the_step_functions_drops_the_cached_ones():
     assert train is not None and test is not None
     _keras_compat.rebuild_step_functions(model)
     assert model.train_function is not train and model.test_function is not test
+
+
+class Spy(keras.regularizers.Regularizer):
+    """Records what `weight_behind` finds each time Keras calls it."""
+
+    def __init__(self):
+        self.found = []
+        self._warned_shapes = set()
+
+    def __call__(self, x):
+        self.found.append(_keras_compat.weight_behind(x, self, "regularizer"))
+        return keras.ops.sum(x) * 0.0
+
+
+def test_stateless_call_hands_the_regularizer_the_scope_value_from_a_layer_frame():
+    """`weight_behind`: in `stateless_call` Keras passes the tensor the scope maps the variable to,
+    and a layer's `_get_regularization_losses` frame (its `self`) is within reach."""
+    spy = Spy()
+    inputs = keras.Input((3,))
+    layer = keras.layers.Dense(2, kernel_regularizer=spy)
+    model = keras.Model(inputs, layer(inputs))
+    values = [np.ones(v.shape, "float32") for v in model.trainable_variables]
+    model.stateless_call(values, [], np.zeros((1, 3), "float32"), return_losses=True)
+    assert len(spy.found) == 1
+    variable, caller = spy.found[0]
+    assert variable is layer.kernel
+    assert isinstance(caller, keras.layers.Layer)
