@@ -151,7 +151,7 @@ def _warn_unidentified(x, owner):
         warnings.warn(
             f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
             "for a weight it could not identify (this Keras release calls regularizers "
-            "in a way keras_ortho does not know). It slices the tensor by the default "
+            "and constraints in a way keras_ortho does not know). It slices the tensor by the default "
             "rule for its rank, not by its layer's rule (per head, per gate, per "
             "channel); pass `slice_axis` to be explicit.",
             RuntimeWarning,

@@ -62,6 +62,7 @@ import numpy as np
 from keras import ops
 
 from keras_ortho import _backend
+from keras_ortho._slicing import auto_mode
 
 NORMS = ("l1", "fro", "double", "spectral", "coherence")
 # The norms that sum over the Gram's entries, so that "mean" can average them.
@@ -166,7 +167,7 @@ class _Double:
     @staticmethod
     def _side(phi):
         rows, cols = phi.shape[-2], phi.shape[-1]
-        return ("columns" if rows >= cols else "rows"), min(rows, cols), max(rows, cols)
+        return auto_mode(rows, cols), min(rows, cols), max(rows, cols)
 
     @staticmethod
     def _weights(small, large, reduction):

@@ -140,5 +140,10 @@ def plan_slices(shape, slice_axis=None, mode="auto", rule=None):
     rows, cols = math.prod(rest[:-1]), rest[-1]
 
     if mode == "auto":
-        mode = "columns" if rows >= cols else "rows"
+        mode = auto_mode(rows, cols)
     return SlicePlan(shape, view, perm, num_slices, rows, cols, mode)
+
+
+def auto_mode(rows, cols):
+    """What "auto" means for a `rows x cols` slice: the side whose Gram can be the identity."""
+    return "columns" if rows >= cols else "rows"

@@ -45,13 +45,16 @@ def check_slice_axis(slice_axis):
     return int(slice_axis)
 
 
+def check_choice(name, value, choices):
+    """`value` must be one of the strings `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Argument `{name}` must be one of {choices}. Received: {name}={value!r}")
+    return value
+
+
 def check_mode(mode):
     """`mode` must be one of "auto", "columns", "rows"."""
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(
-            f"Argument `mode` must be one of {MODES}. Received: mode={mode!r}"
-        )
-    return mode
+    return check_choice("mode", mode, MODES)
 
 
 REDUCTIONS = ("sum", "mean")
@@ -59,17 +62,12 @@ REDUCTIONS = ("sum", "mean")
 
 def check_reduction(reduction):
     """`reduction` must be "sum" or "mean"."""
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(
-            f"Argument `reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}"
-        )
-    return reduction
+    return check_choice("reduction", reduction, REDUCTIONS)
 
 
 def check_norm(norm, reduction="sum"):
     """`norm` must be one of `NORMS`; "mean" `reduction` only with a norm that sums entries."""
-    if not isinstance(norm, str) or norm not in NORMS:
-        raise ValueError(f"Argument `norm` must be one of {NORMS}. Received: norm={norm!r}")
+    check_choice("norm", norm, NORMS)
     if reduction == "mean" and norm not in SUMMING_NORMS:
         raise ValueError(
             f'Argument `reduction`: "mean" averages a norm that sums over the Gram\'s entries '

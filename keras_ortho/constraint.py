@@ -42,9 +42,7 @@ class OrthoConstraint(keras.constraints.Constraint):
     def __init__(self, slice_axis=None, mode="auto", method="svd", iterations=None):
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
-        if not isinstance(method, str) or method not in PROJECTIONS:
-            raise ValueError(f"Argument `method` must be one of {PROJECTIONS}. Received: method={method!r}")
-        self.method = method
+        self.method = _validation.check_choice("method", method, PROJECTIONS)
         if method == "svd" and iterations is not None:
             raise ValueError(
                 'Argument `iterations` counts the steps of method="newton_schulz"; "svd" takes none. '

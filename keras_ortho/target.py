@@ -47,11 +47,7 @@ class OrthoTarget(_scale.ScaleCallback):
         self, target, statistic="mean", rate=0.5, initial_scale=1.0, min_scale=1e-3, max_scale=1e3
     ):
         self.target = _validation.check_non_negative("target", target, positive=True)
-        if statistic not in STATISTICS:
-            raise ValueError(
-                f"Argument `statistic` must be one of {STATISTICS}. Received: statistic={statistic!r}"
-            )
-        self.statistic = statistic
+        self.statistic = _validation.check_choice("statistic", statistic, STATISTICS)
         self.rate = _validation.check_non_negative("rate", rate, positive=True)
         self.min_scale = _validation.check_non_negative("min_scale", min_scale, positive=True)
         self.max_scale = _validation.check_non_negative("max_scale", max_scale, positive=True)
