@@ -20,6 +20,7 @@ Used by `run.py`, section `norms`.
 
 import time
 
+import numpy as np
 from keras import ops
 
 import keras_ortho
@@ -65,8 +66,6 @@ def autodiff_penalty(w, plan, norm):
 
 
 def measure(label, shape, norm, rounds, calls):
-    import numpy as np
-
     plan = plan_slices(shape, None)
     rng = np.random.default_rng(0)
     w = ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32"))
@@ -91,8 +90,6 @@ def measure(label, shape, norm, rounds, calls):
 
 def measure_projections(label, shape, rounds, calls):
     """ms of one `OrthoConstraint` projection per method, and the L1 penalty plus gradient."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     w = ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32"))
     variants = {

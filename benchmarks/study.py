@@ -38,9 +38,11 @@ KERAS_BACKEND names.
 """
 
 import argparse
+import fnmatch
 import json
 import os
 import pathlib
+import platform
 import sys
 import time
 
@@ -102,8 +104,6 @@ def attach(model, variant, include, data_loss):
 
 
 def _matches(variable, include):
-    import fnmatch
-
     return include is None or fnmatch.fnmatchcase(variable.path, include)
 
 
@@ -290,8 +290,9 @@ def chart(summary, path):
 
     panels = [("deep_mlp", "accuracy", "deep MLP: test accuracy"), ("adding", "mse", "adding T=100: test MSE"),
               ("transformer", "accuracy", "transformer: test accuracy")]
-    figure = Figure(figsize=(12, 3.6), layout="constrained")
-    for ax, (task, metric, title) in zip(figure.subplots(1, 3), panels):
+    panels = [panel for panel in panels if panel[0] in summary]  # `--tasks` may leave some out
+    figure = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")
+    for ax, (task, metric, title) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         variants = [v for v in VARIANTS if v in summary.get(task, {})]
         means = [summary[task][v][metric][0] for v in variants]
         stds = [summary[task][v][metric][1] for v in variants]
@@ -332,8 +333,6 @@ def main(argv=None):
                 seconds = time.perf_counter() - start
                 runs.append({"task": task, "variant": variant, "seed": seed, "metrics": metrics, "seconds": seconds})
                 print(f"{task:<12} {variant:<10} seed {seed}  {metrics}  {seconds:.1f}s", flush=True)
-    import platform
-
     meta = {"backend": keras.backend.backend(), "seeds": seeds, "quick": args.quick,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Keras {keras.__version__}"}
     summary = summarize(runs)
