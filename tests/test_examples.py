@@ -62,8 +62,12 @@ def test_cnn_comparison(tmp_path):
     header = next(line.split() for line in lines if line.split()[:1] == ["plain"])
     assert header == ["plain", "fixed", "decay", "target"]
     rows = {" ".join(line.split()[:-4]): line.split()[-4:] for line in lines}
-    for label in ("test accuracy", "error conv1/kernel", "error conv2/kernel"):
-        assert all(math.isfinite(float(v)) for v in rows[label])  # one figure per variant
+    accuracy = [float(v) for v in rows["test accuracy"]]
+    assert all(0 <= a <= 1 for a in accuracy), accuracy
+    for label in ("error conv1/kernel", "error conv2/kernel"):
+        plain, *regularized = (float(v) for v in rows[label])
+        # Every regularized variant ends closer to orthogonal than the plain model.
+        assert all(math.isfinite(e) and e < plain for e in regularized), (label, plain, regularized)
     assert is_png(tmp_path / "cnn_errors.png")
 
 

@@ -112,7 +112,7 @@ def build(name, how):
     model = model_of(name, {a: regularizer for a in arguments} if how == "constructor" else {})
     if how == "regularize":
         paths = keras_ortho.regularize(model, regularizer)
-        assert sorted(paths) == sorted(v.path for v in regularized(model)), paths
+        assert sorted(paths) == sorted(v.path for v in regularized(model, name)), paths
     return model
 
 
@@ -139,8 +139,11 @@ def model_of(name, layer_arguments):
     return model
 
 
-def regularized(model):
-    return [v for v in model.trainable_weights if v.regularizer is not None]
+def regularized(model, name):
+    """The regularized weights of the one-layer model of `name`: as many as its rules, checked."""
+    weights = [v for v in model.trainable_weights if v.regularizer is not None]
+    assert len(weights) == len(LAYERS[name][2]), [v.path for v in weights]
+    return weights
 
 
 def inputs_for(name):
@@ -163,7 +166,7 @@ def rule_of(name, variable):
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_fit_steps_each_kernel_by_its_layer_rule(name, how):
     model = build(name, how)
-    kernels = regularized(model)
+    kernels = regularized(model, name)
     assert len(kernels) == len(LAYERS[name][2])
     before = {v.path: to_numpy(v).copy() for v in kernels}
 
@@ -186,7 +189,7 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
     logger = keras_ortho.OrthoLogger()  # meeting the model records every weight's rule
     logger.set_model(model)
     logger.on_train_begin()
-    for v in regularized(model):
+    for v in regularized(model, name):
         expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
 
@@ -194,7 +197,7 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
 @pytest.mark.parametrize("name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"])
 def test_a_bare_variable_finds_its_layer_rule_by_itself(name):
     model = build(name, "constructor")  # nothing of keras_ortho has met the model yet
-    for v in regularized(model):
+    for v in regularized(model, name):
         expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
 
@@ -220,7 +223,7 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
             values, [v.value for v in model.non_trainable_variables], inputs_for(name), return_losses=True
         )
     by_variable = {id(v): value for v, value in zip(model.trainable_variables, values)}
-    expected = sorted(reference.penalty_by(by_variable[id(v)], rule_of(name, v), FACTOR) for v in regularized(model))
+    expected = sorted(reference.penalty_by(by_variable[id(v)], rule_of(name, v), FACTOR) for v in regularized(model, name))
     np.testing.assert_allclose(sorted(float(to_numpy(loss)) for loss in losses), expected, rtol=1e-5)
 
 
@@ -228,10 +231,10 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
 @pytest.mark.parametrize("name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # per head under jit: test_regularizer.py
 def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
     model = build(name, "constructor")
-    before = {v.path: to_numpy(v).copy() for v in regularized(model)}
+    before = {v.path: to_numpy(v).copy() for v in regularized(model, name)}
     model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=True)
     model.fit(inputs_for(name), epochs=1, batch_size=2, verbose=0)
-    for v in regularized(model):
+    for v in regularized(model, name):
         step = (before[v.path] - to_numpy(v)) / LR
         gradient = reference.gradient_by(before[v.path], rule_of(name, v), FACTOR)
         np.testing.assert_allclose(step, gradient, rtol=1e-4, atol=1e-5, err_msg=v.path)
@@ -246,7 +249,7 @@ def test_logger_and_report_count_the_slices_of_each_layer_rule(name):
     logger = keras_ortho.OrthoLogger(weight_logs=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     model.fit(inputs_for(name), epochs=1, batch_size=2, verbose=0, callbacks=[logger])
-    kernels = regularized(model)
+    kernels = regularized(model, name)
     entries = {e["path"]: e for e in report.measure(model)}
     assert len(logger.errors) == len(entries) == len(kernels) == len(LAYERS[name][2])
     for v in kernels:

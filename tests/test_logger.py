@@ -103,6 +103,7 @@ def test_factor_times_total_is_the_regularization_loss():
     model = attention_model()
     logger, snapshots = OrthoLogger(), WeightSnapshots()
     model.fit(*data(), epochs=2, verbose=0, callbacks=[logger, snapshots])
+    assert logger.watched_paths == REGULARIZED
     for epoch in (0, 1):
         weights, logs = snapshots.epochs[epoch]
         for path in logger.watched_paths:
@@ -114,6 +115,7 @@ def test_one_slice_per_head_for_attention_projections():
     model = attention_model()
     logger = OrthoLogger()
     model.fit(*data(), epochs=1, verbose=0, callbacks=[logger])
+    assert logger.watched_paths == REGULARIZED
     for path in logger.watched_paths:
         expected_slices = 1 if path == "hidden/kernel" else 3
         assert logger.errors[path].shape == (1, expected_slices), path
