@@ -68,6 +68,7 @@ NORMS = ("l1", "fro", "double", "spectral", "coherence")
 # The norms that sum over the Gram's entries, so that "mean" can average them.
 SUMMING_NORMS = ("l1", "fro", "double")
 POWER_ITERATIONS = 32
+_GOLDEN_ANGLE = 2.399963229728653  # pi (3 - sqrt(5))
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -205,10 +206,14 @@ class _Spectral:
         """`(lambda, u)`: the Rayleigh quotient and unit column `(..., k, 1)` after `POWER_ITERATIONS` steps."""
         k = residual.shape[-1]
         matmul = _backend.current().matmul
-        # A fixed start, the same on every backend and call: no state to carry,
-        # and (with probability one) not orthogonal to the eigenvector sought.
-        start = np.random.default_rng(0).standard_normal((k, 1))
-        vector = ops.broadcast_to(ops.cast(start / np.linalg.norm(start), residual.dtype), (*residual.shape[:-1], 1))
+        # A fixed start, the same on every backend and call: no state to carry.
+        # Entries `cos(2.39996 j + 0.5)` (steps of the golden angle) spread over
+        # [-1, 1] like random ones, so the start is not orthogonal to the
+        # eigenvector sought but by design; built with `ops`, so that compiled
+        # PyTorch traces it without leaving the graph.
+        start = ops.cos(ops.arange(k, dtype=residual.dtype) * _GOLDEN_ANGLE + 0.5)
+        start = start / ops.sqrt(ops.sum(ops.square(start)))
+        vector = ops.broadcast_to(ops.expand_dims(start, -1), (*residual.shape[:-1], 1))
 
         def step(_, vector):
             vector = matmul(residual, vector)
