@@ -3,18 +3,25 @@
 The rule of a weight depends on its layer (a Conv1D kernel is one matrix, a
 DepthwiseConv kernel one matrix per channel, an LSTM recurrent kernel one per
 gate, an attention projection one per head), never on its name. The layer is
-known wherever keras_ortho meets a model (`regularize`, `OrthoLogger`, the
-report) and wherever Keras asks the regularizer for its loss (the caller is a
-layer); `assign_rules` then records each weight's rule on the weight itself,
-so that the regularizer finds it again when Keras hands it a bare tensor that
-stands for the weight (JAX's `fit`, `stateless_call`).
+known wherever keras_ortho meets a model (`regularize`, `constrain`, the
+callbacks, the report); `assign_rules` then records each weight's rule on the
+weight itself and binds the weight to its keras_ortho regularizer and
+constraint, so that they know it again, with no lookup, when Keras hands them
+a bare tensor that stands for it (JAX's `fit`, `stateless_call`). Only a
+regularizer given to a layer's constructor, before any of those has met the
+model, looks once at Keras's calling frames (`weight_behind`).
+
+What this needs of Keras's own objects (where a layer keeps its weights, its
+sublayers, its kernels) is read through `_keras_compat`.
 """
 
-import gc
 import re
+import warnings
+import weakref
 
 import keras
 
+from keras_ortho import _keras_compat
 from keras_ortho._slicing import along, default_rule, one_matrix, per_group
 
 L = keras.layers
@@ -22,28 +29,8 @@ L = keras.layers
 _RULE = "_keras_ortho_rule"
 _OWNER = "_keras_ortho_owner"
 
-# Gates per recurrent cell: the last axis of its kernels holds them side by side.
-_GATES = (("LSTMCell", 4), ("GRUCell", 3), ("ConvLSTMCell", 4), ("SimpleRNNCell", 1))
-
-# The kernel-like weights of a layer: the attribute that holds each, and the
-# constructor argument (config key) of its regularizer. Biases, normalization
-# weights and everything else are never taken.
-_KERNEL_ATTRIBUTES = (
-    ("_kernel", "kernel_regularizer"),  # Dense, EinsumDense, Conv (LoRA-aware property)
-    ("kernel", "kernel_regularizer"),
-    ("recurrent_kernel", "recurrent_regularizer"),
-    ("depthwise_kernel", "depthwise_regularizer"),
-    ("pointwise_kernel", "pointwise_regularizer"),
-    ("_embeddings", "embeddings_regularizer"),
-    ("embeddings", "embeddings_regularizer"),
-)
-
-
-def _gates(layer):
-    for name, groups in _GATES:
-        if any(cls.__name__ == name for cls in type(layer).__mro__):
-            return groups
-    return None
+# The variable attributes that hold a keras_ortho object bound to the weight.
+_BINDABLE = ("regularizer", "constraint")
 
 
 def _is_depthwise(layer):
@@ -90,7 +77,7 @@ def rule_for(layer, variable):
     role = kernel_attribute(layer, variable)
     if role is None:
         return None
-    groups = _gates(layer)
+    groups = _keras_compat.recurrent_gates(layer)
     if groups is not None and role[0] in ("kernel", "recurrent_kernel"):
         return per_group(shape, groups)
     if isinstance(layer, L.EinsumDense):
@@ -103,25 +90,18 @@ def rule_for(layer, variable):
     return one_matrix(shape)
 
 
-def kernel_attribute(layer, variable):
-    """`(attribute, regularizer argument)` if `variable` is one of `layer`'s kernels, else None."""
-    attributes = vars(layer)
-    for attribute, argument in _KERNEL_ATTRIBUTES:
-        if attributes.get(attribute) is variable:
-            if _is_depthwise(layer):
-                argument = "depthwise_regularizer"
-            return attribute, argument
-    return None
+kernel_attribute = _keras_compat.kernel_attribute
+layers_of = _keras_compat.all_layers
 
 
 def own_weights(layer):
     """The layer's own trainable weights (not its sublayers')."""
-    return list(layer._trainable_variables) if layer.trainable else []
+    return _keras_compat.own_trainable_variables(layer) if layer.trainable else []
 
 
 def _own(layer):
     """Every weight the layer holds itself (not its sublayers'), trainable or not."""
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+    return _keras_compat.own_trainable_variables(layer) + _keras_compat.own_non_trainable_variables(layer)
 
 
 def own_variables(layer):
@@ -145,25 +125,116 @@ def weight_names(root):
     def visit(layer, prefix):
         for variable in _own(layer):
             names.setdefault(id(variable), prefix + variable.name)
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in _keras_compat.sublayers(layer):
             visit(child, f"{prefix}{child.name}/")
 
     visit(root, "")
     return names
 
 
-def layers_of(root):
-    """`root` and every layer inside it, each once."""
-    return list(root._flatten_layers(include_self=True, recursive=True))
-
-
 def assign_rules(root):
-    """Records on each weight inside `root` its rule and its layer."""
+    """Records on each weight inside `root` its rule and its layer, and binds it (`bind`)."""
     for layer in layers_of(root):
         # Every weight, frozen or not: a frozen layer's kernel is still measured.
         for variable in _own(layer):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
+            bind(variable)
+
+
+def bind(variable):
+    """Tells the variable's keras_ortho regularizer and constraint that it carries them.
+
+    Where keras_ortho meets a model (`regularize`, `constrain`, every
+    callback's `set_model`, the report), each weight is bound once; then a
+    tensor Keras hands in for it (JAX's `fit`, `stateless_call`) is known by
+    identity (`BoundWeights.find`), with no look at the calling frames.
+    """
+    for attribute in _BINDABLE:
+        bound = getattr(getattr(variable, attribute, None), "_bound", None)
+        if isinstance(bound, BoundWeights):
+            bound.add(variable)
+
+
+class BoundWeights:
+    """The weights bound to one regularizer (or constraint), by identity.
+
+    Kept weakly: a regularizer never keeps a model alive. A copy (deepcopy,
+    pickling) starts empty and meets its weights anew.
+    """
+
+    def __init__(self):
+        self._weights = weakref.WeakValueDictionary()
+
+    def add(self, variable):
+        self._weights[id(variable)] = variable
+
+    def __len__(self):
+        return len(self._weights)
+
+    def find(self, x):
+        """The bound variable Keras's stateless scope maps to the tensor `x`, else None."""
+        if not _keras_compat.in_stateless_scope():
+            return None
+        return next((v for v in list(self._weights.values()) if _keras_compat.stateless_value(v) is x), None)
+
+    def __deepcopy__(self, memo):
+        return BoundWeights()
+
+    def __reduce__(self):
+        return BoundWeights, ()
+
+
+def known_weight(x, owner):
+    """`(variable, rule)` if `x` is a recorded variable or stands for one bound to `owner`, else None.
+
+    No lookup: what every call does once keras_ortho has met the model.
+    """
+    if isinstance(x, keras.Variable):
+        return (x, getattr(x, _RULE)) if is_recorded(x) else None
+    variable = owner._bound.find(x)
+    return None if variable is None else (variable, getattr(variable, _RULE))
+
+
+def weight_behind(x, owner, attribute):
+    """`(variable, rule)`: the Keras variable `x` is or stands for, and its layer rule.
+
+    `owner` is the regularizer (or constraint) Keras called with `x`, and
+    `attribute` the variable's attribute that holds it ("regularizer",
+    "constraint"). What `known_weight` knows is returned at once. Otherwise
+    (the constructor path: nothing of keras_ortho has met the model yet)
+    Keras's calling frames tell the variable and the layer asking
+    (`_keras_compat.calling_weight`), whose model then has its rules recorded
+    and its weights bound, once. Where a tensor stands for a weight that
+    cannot be identified, a warning names the shape instead of slicing it
+    silently by the default rule. `(None, None)` for a tensor of the user's own.
+    """
+    known = known_weight(x, owner)
+    if known is not None:
+        return known
+    variable, caller = _keras_compat.calling_weight(x, owner, attribute)
+    if variable is None:
+        if _keras_compat.in_stateless_scope() or _keras_compat.get_stateless_scope is None:
+            _warn_unidentified(x, owner)
+        return None, None
+    rule = known_rule(variable, root=caller)
+    bind(variable)
+    return variable, rule
+
+
+def _warn_unidentified(x, owner):
+    shape = tuple(x.shape)
+    if shape not in owner._warned_shapes:
+        owner._warned_shapes.add(shape)
+        warnings.warn(
+            f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
+            "for a weight it could not identify (this Keras release calls regularizers "
+            "and constraints in a way keras_ortho does not know). It slices the tensor by the default "
+            "rule for its rank, not by its layer's rule (per head, per gate, per "
+            "channel); pass `slice_axis` to be explicit.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def is_recorded(variable):
@@ -181,34 +252,12 @@ def known_rule(variable, root=None):
     no layer holds is recorded with no rule (the default slicing).
     """
     if not hasattr(variable, _RULE):
-        owner = root if root is not None else _holder_of(variable)
+        owner = root if root is not None else _keras_compat.holder_of(variable)
         if owner is not None:
             assign_rules(owner)
         if not hasattr(variable, _RULE):
             setattr(variable, _RULE, None)
     return getattr(variable, _RULE)
-
-
-def _holder_of(variable):
-    """The layer that holds `variable` as one of its own weights, or None.
-
-    A layer keeps its weights in attributes and lists; the layer object, or the
-    attribute dict it owns, is at most two referrer steps from the variable.
-    """
-    seen = set()
-    frontier = [variable]
-    for _ in range(2):
-        referrers = [r for item in frontier for r in gc.get_referrers(item) if id(r) not in seen]
-        for referrer in referrers:
-            seen.add(id(referrer))
-            if isinstance(referrer, L.Layer) and any(v is variable for v in referrer._trainable_variables):
-                return referrer
-        frontier = [r for r in referrers if isinstance(r, (dict, list))]
-    for holder in frontier:  # an attribute dict: its layer is one more step up
-        for referrer in gc.get_referrers(holder):
-            if isinstance(referrer, L.Layer) and vars(referrer) is holder:
-                return referrer
-    return None
 
 
 def describe(variable):

@@ -141,6 +141,7 @@ def _put(model, obj, kind, include, exclude):
         if obj is None and kind.of(variable) is None:
             continue
         setattr(variable, name, obj)
+        _layers.bind(variable)
         argument = kind.argument(role[1])
         if hasattr(layer, argument):
             setattr(layer, argument, obj)  # what the layer's config carries
@@ -200,7 +201,7 @@ def _share_kernel_arguments(model, kind):
     """
     argument = kind.argument("kernel_regularizer")
     for layer in _layers.layers_of(model):
-        attribute = next((a for a in (f"_{argument}", argument) if a in vars(layer)), None)
+        attribute = _keras_compat.argument_attribute(layer, argument)
         if attribute is None or not isinstance(layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
             continue
         found = {

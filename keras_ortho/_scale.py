@@ -10,9 +10,9 @@ Where that variable lives decides whether compiled training sees a change:
 * JAX's `fit` hands the model's state to its jitted step as arguments, and a
   variable outside that state would be frozen into the trace as a constant.
   The scale is listed with the model's non-trainable state the way Keras lists
-  a Dropout layer's random-seed state (`Layer._seed_generators`: state that
-  goes through the compiled step but is not one of the layer's weights), so
-  every step reads its current value. TensorFlow and PyTorch read the variable
+  a Dropout layer's random-seed state (state that goes through the compiled
+  step but is not one of the layer's weights; `_keras_compat.attach_state`),
+  so every step reads its current value. TensorFlow and PyTorch read the variable
   where it lives.
 * While attached it is saved with the model's weights, under a name of its own
   (`_keras_ortho_scale`), so BackupAndRestore and ModelCheckpoint carry it and
@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _keras_compat, _watch
+from keras_ortho import _keras_compat, _layers, _watch
 
 LOG_KEY = "ortho/scale"
 _ATTRIBUTE = "_keras_ortho_scale"
@@ -65,7 +65,8 @@ class ScaleState(keras.metrics.Metric):
         store["scale"] = keras.ops.convert_to_numpy(self.state)
 
     def load_own_variables(self, store):
-        if "scale" in store:  # a file written before the scale was attached has none
+        # `keys()`: Keras 3.8's weight store has no `in`. A file written before the scale was attached has none.
+        if "scale" in store.keys():
             self.state.assign(np.asarray(store["scale"]))
 
     @property
@@ -103,6 +104,7 @@ class ScaleCallback(keras.callbacks.Callback):
         # Before any `on_train_begin`: BackupAndRestore restores the scale from
         # its backup there, whatever its place in the callback list.
         super().set_model(model)
+        _layers.assign_rules(model)  # bound once: no lookup when the step is traced
         attached = getattr(model, _ATTRIBUTE, None)
         if attached is not None and attached is not self._state:
             attached.binding.release_if_stale()  # left by a fit that raised
@@ -160,20 +162,20 @@ class ScaleCallback(keras.callbacks.Callback):
             self._state.state.assign(np.float32(scale))
 
     def _lazy_step(self, batch, logs=None):
-        # Reading `self.model` first: on JAX it hands the running state back to
-        # the variables, and the next step takes it from them, this one included.
-        _ = self.model
+        # The model synced first: on JAX the running state goes back into the
+        # variables, and the next step takes it from them, this one included.
+        _keras_compat.synced_model(self)
         on = self._steps % self.every == 0
         self._state.state.assign(np.float32(self.every * self._scale_value if on else 0.0))
         self._steps += 1
 
     def _plain_for_evaluation(self, logs=None):
-        _ = self.model
+        _keras_compat.synced_model(self)
         self._lazy_value = keras.ops.convert_to_numpy(self._state.state)
         self._state.state.assign(np.float32(self._scale_value))
 
     def _lazy_after_evaluation(self, logs=None):
-        _ = self.model
+        _keras_compat.synced_model(self)
         self._state.state.assign(self._lazy_value)
 
 
@@ -200,8 +202,7 @@ class ScaleBinding:
         self.model, self.state, self.regularizers, self.lazy = model, state, [], False
         self.fit_frame = _keras_compat.running_fit_frame(model)
         state.binding = self
-        object.__setattr__(model, _ATTRIBUTE, state)  # untracked: not a layer
-        model._seed_generators.append(state)
+        _keras_compat.attach_state(model, _ATTRIBUTE, state)
         self._shadowed = {name: vars(model)[name] for name in self.GUARDED if name in vars(model)}
         for name in self.GUARDED:
             object.__setattr__(model, name, self._guard(getattr(model, name)))
@@ -237,6 +238,7 @@ class ScaleBinding:
 
     def release(self):
         model, state = self.model, self.state
+        _keras_compat.recover_after_fit(model)  # a JAX fit that raised may have left them empty
         for regularizer in self.regularizers:
             if regularizer._scale is self:
                 regularizer._scale = None
@@ -245,9 +247,7 @@ class ScaleBinding:
             vars(model).pop(name, None)
         for name, value in self._shadowed.items():
             object.__setattr__(model, name, value)
-        if getattr(model, _ATTRIBUTE, None) is state:
-            object.__delattr__(model, _ATTRIBUTE)
-        model._seed_generators[:] = [s for s in model._seed_generators if s is not state]
+        _keras_compat.detach_state(model, _ATTRIBUTE, state)
         state.binding = None
         _keras_compat.rebuild_step_functions(model)
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ortho import _keras_compat, _layers, _ops, _validation
+from keras_ortho import _layers, _ops, _validation
 from keras_ortho._math import PROJECTIONS
 
 _CONFIG_KEYS = ("slice_axis", "mode", "method", "iterations")
@@ -53,10 +53,10 @@ class OrthoConstraint(keras.constraints.Constraint):
             iterations = _validation.check_positive_int("iterations", iterations)
         self.iterations = iterations
         self._warned_shapes = set()
+        self._bound = _layers.BoundWeights()  # the weights keras_ortho has met carrying it
 
     def __call__(self, w):
-        variable, caller = _keras_compat.weight_behind(w, self, "constraint")
-        rule = None if variable is None else _layers.known_rule(variable, root=caller)
+        variable, rule = _layers.weight_behind(w, self, "constraint")
         tensor, plan = _ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
         return _ops.project(tensor, plan, self.method, self.iterations)
 

@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _backend, _layers, _validation, _watch
+from keras_ortho import _backend, _keras_compat, _layers, _validation, _watch
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
@@ -147,6 +147,11 @@ class OrthoLogger(keras.callbacks.Callback):
 
     # --- Callback hooks -------------------------------------------------------------
 
+    def set_model(self, model):
+        super().set_model(model)
+        if isinstance(model, keras.layers.Layer):
+            _layers.assign_rules(model)  # bound once: no lookup when the step is traced
+
     def on_train_begin(self, logs=None):
         backend = _backend.current()
         watched = self._resolve(self.model)
@@ -236,7 +241,7 @@ class OrthoLogger(keras.callbacks.Callback):
 
     def _measure(self):
         """`(optimizer iteration, {path: per-slice errors})` of the weights now."""
-        model = self.model  # on JAX, this brings the trained values back into the variables
+        model = _keras_compat.synced_model(self)  # on JAX, the trained values back into the variables
         optimizer = getattr(model, "optimizer", None)
         step = -1 if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
         errors = self._probe()

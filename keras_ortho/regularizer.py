@@ -1,7 +1,5 @@
 """`OrthoRegularizer`: the Keras adapter for `ortho_penalty`."""
 
-import sys
-
 import keras
 
 from keras_ortho import _keras_compat, _layers, _ops, _validation
@@ -59,26 +57,21 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self.reduction = _validation.check_reduction(reduction)
         self.norm = _validation.check_norm(norm, self.reduction)
         self._warned_shapes = set()
+        self._bound = _layers.BoundWeights()  # the weights keras_ortho has met carrying it
         # The `_scale.ScaleBinding` of an OrthoSchedule/OrthoTarget while its fit
         # runs; not configuration: `get_config` never carries it.
         self._scale = None
 
     def __call__(self, x):
-        if not isinstance(x, keras.Variable):
-            layer = _keras_compat.activity_layer(self, sys._getframe(1))
-            if layer is not None:
-                raise ValueError(
-                    f"OrthoRegularizer is a weight regularizer, and layer '{layer.name}' "
-                    f"({type(layer).__name__}) has it as `activity_regularizer`: it would "
-                    f"measure a batch of activations of shape {tuple(x.shape)}, which holds no "
-                    "matrices of weights. Pass it as `kernel_regularizer` (or the layer's other "
-                    "weight regularizer arguments), or use `keras_ortho.regularize`."
-                )
-        variable, caller = _keras_compat.weight_behind(x, self, "regularizer")
-        rule = None if variable is None else _layers.known_rule(variable, root=caller)
-        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         binding = self._scale
-        if binding is None or binding.release_if_stale():
+        if binding is not None and binding.release_if_stale():  # first: a fit that raised ends here
+            binding = None
+        known = _layers.known_weight(x, self)
+        if known is None and not isinstance(x, keras.Variable):
+            self._refuse_activations(x)
+        variable, rule = known if known is not None else _layers.weight_behind(x, self, "regularizer")
+        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
+        if binding is None:
             return _ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         scale = binding.variable
 
@@ -90,6 +83,17 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             return scaled()
         # Lazy regularization: on the steps whose scale is 0 nothing is computed.
         return keras.ops.cond(scale > 0, scaled, lambda: keras.ops.zeros((), dtype=tensor.dtype))
+
+    def _refuse_activations(self, x):
+        layer = _keras_compat.activity_layer(self)
+        if layer is not None:
+            raise ValueError(
+                f"OrthoRegularizer is a weight regularizer, and layer '{layer.name}' "
+                f"({type(layer).__name__}) has it as `activity_regularizer`: it would "
+                f"measure a batch of activations of shape {tuple(x.shape)}, which holds no "
+                "matrices of weights. Pass it as `kernel_regularizer` (or the layer's other "
+                "weight regularizer arguments), or use `keras_ortho.regularize`."
+            )
 
     def get_config(self):
         return {

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from keras_ortho import _scale, _validation, _watch
+from keras_ortho import _keras_compat, _scale, _validation, _watch
 
 STATISTICS = ("mean", "max")
 
@@ -86,7 +86,7 @@ class OrthoTarget(_scale.ScaleCallback):
 
     def error(self):
         """The steered statistic of the model's weights now (NaN with nothing to measure)."""
-        _ = self.model  # on JAX, reading it brings the trained values back into the variables
+        _keras_compat.synced_model(self)  # on JAX, the trained values back into the variables
         errors = list(self._probe().values()) if self._probe is not None else []
         if not errors:
             return math.nan

@@ -82,19 +82,18 @@ def test_rebuilding_the_step_functions_drops_the_cached_ones():
 
 
 class Spy(keras.regularizers.Regularizer):
-    """Records what `weight_behind` finds each time Keras calls it."""
+    """Records what `calling_weight` finds each time Keras calls it."""
 
     def __init__(self):
         self.found = []
-        self._warned_shapes = set()
 
     def __call__(self, x):
-        self.found.append(_keras_compat.weight_behind(x, self, "regularizer"))
+        self.found.append(_keras_compat.calling_weight(x, self, "regularizer"))
         return keras.ops.sum(x) * 0.0
 
 
 def test_stateless_call_hands_the_regularizer_the_scope_value_from_a_layer_frame():
-    """`weight_behind`: in `stateless_call` Keras passes the tensor the scope maps the variable to,
+    """`calling_weight`: in `stateless_call` Keras passes the tensor the scope maps the variable to,
     and a layer's `_get_regularization_losses` frame (its `self`) is within reach."""
     spy = Spy()
     inputs = keras.Input((3,))
@@ -106,3 +105,195 @@ def test_stateless_call_hands_the_regularizer_the_scope_value_from_a_layer_frame
     variable, caller = spy.found[0]
     assert variable is layer.kernel
     assert isinstance(caller, keras.layers.Layer)
+
+
+# --- Layers: where a layer keeps its weights, its sublayers and its arguments ------------
+
+
+def test_a_layer_lists_its_own_variables_and_not_its_sublayers():
+    dense, norm = keras.layers.Dense(2), keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((3,)), dense, norm])
+    assert _keras_compat.own_trainable_variables(dense) == [dense.kernel, dense.bias]
+    assert _keras_compat.own_non_trainable_variables(norm) == [norm.moving_mean, norm.moving_variance]
+    assert _keras_compat.own_trainable_variables(model) == []
+
+
+def test_sublayers_are_one_level_down_and_all_layers_every_level_once():
+    attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)
+    inputs = keras.Input((4, 6))
+    inner = keras.Model(inputs, attention(inputs, inputs), name="inner")
+    outer = keras.Sequential([keras.Input((4, 6)), inner, keras.layers.Flatten()])
+    assert [layer for layer in _keras_compat.sublayers(outer) if layer.weights] == [inner]
+    projections = [attention._query_dense, attention._key_dense, attention._value_dense, attention._output_dense]
+    assert all(p in _keras_compat.sublayers(attention) for p in projections)
+    everything = _keras_compat.all_layers(outer)
+    assert everything[0] is outer and len(everything) == len({id(layer) for layer in everything})
+    assert all(p in everything for p in projections) and inner in everything
+
+
+def test_a_lora_kernel_is_found_where_the_layer_keeps_it():
+    dense = keras.layers.Dense(4)
+    dense.build((None, 3))
+    dense.enable_lora(rank=2)
+    frozen = next(v for v in dense.non_trainable_weights if v.name == "kernel")
+    assert _keras_compat.kernel_attribute(dense, frozen) == ("_kernel", "kernel_regularizer")
+    assert _keras_compat.kernel_attribute(dense, dense.bias) is None
+    embedding = keras.layers.Embedding(10, 4)
+    embedding.build((None,))
+    assert _keras_compat.kernel_attribute(embedding, embedding.embeddings)[1] == "embeddings_regularizer"
+
+
+def test_a_depthwise_kernel_takes_the_depthwise_regularizer_argument():
+    layer = keras.layers.DepthwiseConv2D(3)
+    layer.build((None, 6, 6, 2))
+    assert _keras_compat.kernel_attribute(layer, layer.kernel)[1] == "depthwise_regularizer"
+    assert "depthwise_regularizer" in layer.get_config()
+
+
+class MyLSTMCell(keras.layers.LSTMCell):
+    pass
+
+
+@pytest.mark.parametrize(
+    "cell, gates",
+    [
+        (keras.layers.LSTM(3).cell, 4),
+        (keras.layers.GRU(3).cell, 3),
+        (keras.layers.SimpleRNN(3).cell, 1),
+        (keras.layers.ConvLSTM2D(2, 3).cell, 4),
+        (MyLSTMCell(3), 4),
+        (keras.layers.Dense(3), None),
+    ],
+    ids=["LSTM", "GRU", "SimpleRNN", "ConvLSTM2D", "subclass", "Dense"],
+)
+def test_recurrent_cells_are_known_by_class_name(cell, gates):
+    assert _keras_compat.recurrent_gates(cell) == gates
+
+
+def test_attention_keeps_its_kernel_regularizer_argument_where_its_config_reads_it():
+    r = keras.regularizers.L2(0.1)
+    attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, kernel_regularizer=r)
+    attribute = _keras_compat.argument_attribute(attention, "kernel_regularizer")
+    assert getattr(attention, attribute) is r
+    setattr(attention, attribute, None)
+    assert attention.get_config()["kernel_regularizer"] is None
+    dense = keras.layers.Dense(2, kernel_regularizer=r)
+    assert getattr(dense, _keras_compat.argument_attribute(dense, "kernel_regularizer")) is r
+
+
+def test_a_bare_variable_finds_the_layer_that_holds_it():
+    model = small_model()
+    dense = model.layers[-1]
+    assert _keras_compat.holder_of(dense.kernel) is dense
+    assert _keras_compat.holder_of(keras.Variable(np.zeros((2, 2)))) is None
+
+
+# --- How Keras calls a regularizer ------------------------------------------------------
+
+
+def test_a_stateless_scope_maps_a_variable_to_its_tensor():
+    variable = keras.Variable(np.zeros((2, 2), "float32"))
+    assert not _keras_compat.in_stateless_scope() and _keras_compat.stateless_value(variable) is None
+    with keras.StatelessScope(state_mapping=[(variable, np.ones((2, 2), "float32"))]):
+        assert _keras_compat.in_stateless_scope()
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(_keras_compat.stateless_value(variable)), 1.0)
+
+
+def test_stateless_call_passes_the_scope_tensor_itself():
+    """What `BoundWeights.find` relies on: the tensor the regularizer gets *is* the scope's value."""
+    seen = []
+
+    class Same(keras.regularizers.Regularizer):
+        def __call__(self, x):
+            seen.append(any(_keras_compat.stateless_value(v) is x for v in model.trainable_variables))
+            return keras.ops.sum(x) * 0.0
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, kernel_regularizer=Same())(inputs))
+    values = [np.ones(v.shape, "float32") for v in model.trainable_variables]
+    model.stateless_call(values, [], np.zeros((1, 3), "float32"), return_losses=True)
+    assert seen == [True]
+
+
+def test_eager_losses_pass_the_variable_from_a_layer_frame():
+    spy = Spy()
+    inputs = keras.Input((3,))
+    layer = keras.layers.Dense(2, kernel_regularizer=spy)
+    model = keras.Model(inputs, layer(inputs))
+    spy.found.clear()
+    _ = model.losses
+    assert len(spy.found) == 1
+    variable, caller = spy.found[0]
+    assert variable is layer.kernel and isinstance(caller, keras.layers.Layer)
+
+
+def test_an_activity_regularizer_is_called_from_its_layer():
+    found = []
+
+    class Activity(keras.regularizers.Regularizer):
+        def __call__(self, x):
+            found.append(_keras_compat.activity_layer(self))
+            return keras.ops.sum(x) * 0.0
+
+    activity = Activity()
+    layer = keras.layers.Dense(2, activity_regularizer=activity)
+    layer(np.zeros((1, 3), "float32"))
+    assert found == [layer]
+    activity(np.zeros((1, 2), "float32"))  # called by the user: no layer
+    assert found[-1] is None
+
+
+# --- How Keras runs fit -----------------------------------------------------------------
+
+
+class ReadsKernel(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.read = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        model = _keras_compat.synced_model(self)
+        self.read.append(keras.ops.convert_to_numpy(model.layers[-1].kernel).copy())
+
+
+def test_a_synced_model_holds_the_values_fit_is_training():
+    model, reads = small_model(), ReadsKernel()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[reads])
+    assert len(reads.read) == 2
+    assert not np.allclose(reads.read[0], reads.read[1])  # each read sees the step just taken
+    np.testing.assert_allclose(reads.read[-1], keras.ops.convert_to_numpy(model.layers[-1].kernel))
+
+
+class OneScalar(keras.metrics.Metric):
+    def __init__(self):
+        super().__init__(name="one_scalar")
+        self.state = self.add_variable(shape=(), initializer="zeros", name="state")
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def result(self):
+        return self.state
+
+    # What the scale's state does: the saving code asks each object it finds for its variables.
+    def save_own_variables(self, store):
+        store["state"] = keras.ops.convert_to_numpy(self.state)
+
+    def load_own_variables(self, store):
+        self.state.assign(np.asarray(store["state"]))
+
+
+def test_attached_state_goes_through_the_step_and_into_saved_weights(tmp_path):
+    model, state = small_model(), OneScalar()
+    _keras_compat.attach_state(model, "_attached", state)
+    assert any(v is state.state for v in model.non_trainable_variables)
+    state.state.assign(3.0)
+    model.save_weights(tmp_path / "with.weights.h5")
+    state.state.assign(0.0)
+    model.load_weights(tmp_path / "with.weights.h5")
+    assert float(keras.ops.convert_to_numpy(state.state)) == 3.0
+    _keras_compat.detach_state(model, "_attached", state)
+    assert not hasattr(model, "_attached")
+    assert not any(v is state.state for v in model.non_trainable_variables)
