@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 BACKEND = keras.backend.backend()
+KERAS_VERSION = tuple(int(part) for part in keras.version().split(".")[:2])
 
 
 def only_on(*backends, why):

@@ -16,7 +16,7 @@ import pytest
 
 import keras_ortho
 import reference
-from backends import only_on, run_fresh, to_numpy
+from backends import BACKEND, KERAS_VERSION, only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -229,6 +229,10 @@ def crashed_fit(callback, error):
     with pytest.raises(error, match="raised inside fit"):
         model.fit(*zeros(samples=8), batch_size=2, epochs=2, verbose=0,
                   callbacks=[SCALE_CALLBACKS[callback](), RaiseAtBatch(error)])
+    if BACKEND == "jax" and KERAS_VERSION < (3, 15):
+        # Keras 3.8's JAX fit leaves the variables empty when it raises (3.15 puts the values back
+        # in a `finally`): Keras's own behaviour, which these tests are not about.
+        model.jax_state_sync()
     return model, layer
 
 
