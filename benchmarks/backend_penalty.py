@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _math, _ops
+from keras_ortho import _math, ops as ortho_ops
 from keras_ortho._slicing import plan_slices
 
 from harness import EXECUTION, median_times
@@ -61,7 +61,7 @@ def products(stack, signs, mode):
 
 def autodiff_penalty(w, plan):
     """The same penalty through plain matmul and abs, for the autodiff to differentiate."""
-    stack = _ops.to_stack(w, plan)
+    stack = ortho_ops.to_stack(w, plan)
     gram = ops.matmul(_swap(stack), stack) if plan.mode == "columns" else ops.matmul(stack, _swap(stack))
     residual = gram - ops.eye(plan.gram_size, dtype=gram.dtype)
     return ops.cast(FACTOR * ops.sum(ops.abs(residual)), w.dtype)
@@ -141,7 +141,7 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
     plan = plan_slices(shape, slice_axis)
     rng = np.random.default_rng(seed)
     w = ops.cast(ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32")), dtype)
-    stack = _ops.to_stack(w, plan)
+    stack = ortho_ops.to_stack(w, plan)
     signs = ops.sign(_math.gram_residual(stack, plan.mode))
     variants = {
         "ours": _value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), w),
@@ -153,8 +153,8 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
         # on the weight as laid out, with the layout change to the stack and the
         # gradient's back, so that the cost of that change alone is measured.
         def laid_out(weight, s):
-            gram, gradient = products(_ops.to_stack(weight, plan), s, plan.mode)
-            return gram, _ops.from_stack(gradient, plan, weight.dtype)
+            gram, gradient = products(ortho_ops.to_stack(weight, plan), s, plan.mode)
+            return gram, ortho_ops.from_stack(gradient, plan, weight.dtype)
 
         variants["floor+layout"] = _compiled(laid_out, w, signs)
     times = median_times({name: _synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)

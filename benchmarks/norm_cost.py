@@ -24,7 +24,7 @@ import numpy as np
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _math, _ops
+from keras_ortho import _math, ops as ortho_ops
 from keras_ortho._slicing import plan_slices
 
 import backend_penalty as bp
@@ -46,7 +46,7 @@ def _gram(stack, mode):
 
 def autodiff_penalty(w, plan, norm):
     """`norm`'s formula in plain `keras.ops`, left to the backend's autodiff."""
-    stack = _ops.to_stack(w, plan)
+    stack = ortho_ops.to_stack(w, plan)
     if norm == "double":
         value = sum(
             ops.sum(ops.square(_gram(stack, mode) - ops.eye(side, dtype=stack.dtype)))
@@ -69,7 +69,7 @@ def measure(label, shape, norm, rounds, calls):
     plan = plan_slices(shape, None)
     rng = np.random.default_rng(0)
     w = ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32"))
-    stack = _ops.to_stack(w, plan)
+    stack = ortho_ops.to_stack(w, plan)
     signs = ops.sign(_math.gram_residual(stack, plan.mode))
     variants = {
         "ours": bp._value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, norm=norm), w),

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 import keras_ortho
-from keras_ortho import _math, _ops
+from keras_ortho import _math, ops
 from keras_ortho._backend import tensorflow as tf_backend
 from keras_ortho._slicing import plan_slices
 
@@ -38,9 +38,9 @@ from harness import median_times
 
 def autodiff_penalty(w, slice_axis):
     """The same penalty, differentiated by the tape through matmul and abs."""
-    tensor, plan = _ops.prepare(w, slice_axis, "auto")
-    compute_dtype = _ops.compute_dtype(tensor.dtype)
-    stack = _ops.to_stack(tensor, plan)
+    tensor, plan = ops.prepare(w, slice_axis, "auto")
+    compute_dtype = ops.compute_dtype(tensor.dtype)
+    stack = ops.to_stack(tensor, plan)
     if plan.mode == "columns":
         gram = tf.linalg.matmul(stack, stack, adjoint_a=True)
     else:
@@ -119,7 +119,7 @@ def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=
             failed["keras"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1].strip()}"
             del variants["keras"]
 
-    stack = _ops.to_stack(tf.convert_to_tensor(variable), plan)
+    stack = ops.to_stack(tf.convert_to_tensor(variable), plan)
     signs = tf.sign(_math.gram_residual(stack, plan.mode))
     if plan.mode == "columns":
         floor = lambda: (  # noqa: E731

@@ -19,8 +19,8 @@ except ModuleNotFoundError as error:
         raise SystemExit(f"keras-ortho: error: {_message}") from None
     raise ImportError(f"keras_ortho: {_message}") from error
 
-from keras_ortho._ops import ortho_gradient, ortho_penalty, slice_errors
-from keras_ortho._regularize import constrain, regularize
+from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
+from keras_ortho.models import constrain, regularize
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.logger import OrthoLogger
 from keras_ortho.plotting import plot_errors

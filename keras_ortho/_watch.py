@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ortho import _backend, _layers, _ops
+from keras_ortho import _backend, _layers, ops as ortho_ops
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -32,7 +32,7 @@ class Watched(NamedTuple):
 
 def weight_path(variable):
     """The Keras path of a variable (`layer/.../name`), or its backend name."""
-    path = _ops.keras_path(variable)
+    path = ortho_ops.keras_path(variable)
     return path if path is not None else variable.name.split(":")[0]
 
 
@@ -54,7 +54,7 @@ def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1
     if rule is None and isinstance(variable, keras.Variable):
         rule = _layers.known_rule(variable)
     try:
-        plan = _ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
+        plan = ortho_ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot watch weight '{path}': {error}") from error
     return Watched(variable, path, slice_axis, mode, plan, norm)
@@ -103,13 +103,13 @@ class ErrorProbe:
         self.watched = list(watched)
         self._sizes = [w.num_slices for w in self.watched]
         self._dtype = np.result_type(
-            "float32", *(_ops.compute_dtype(w.variable.dtype) for w in self.watched)
+            "float32", *(ortho_ops.compute_dtype(w.variable.dtype) for w in self.watched)
         ).name
-        self._function = _backend.current().compile(self._measure, jit_compile)
+        self._function = _backend.current().for_measuring(self._measure, jit_compile)
 
     def _measure(self, *values):
         return ops.concatenate(
-            [ops.cast(_ops.errors_of(v, w.plan, w.norm), self._dtype) for v, w in zip(values, self.watched)]
+            [ops.cast(ortho_ops.errors_of(v, w.plan, w.norm), self._dtype) for v, w in zip(values, self.watched)]
         )
 
     def __call__(self):

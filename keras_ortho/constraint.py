@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ortho import _layers, _ops, _validation
+from keras_ortho import _layers, _validation, ops
 from keras_ortho._math import PROJECTIONS
 
 _CONFIG_KEYS = ("slice_axis", "mode", "method", "iterations")
@@ -57,8 +57,8 @@ class OrthoConstraint(keras.constraints.Constraint):
 
     def __call__(self, w):
         variable, rule = _layers.weight_behind(w, self, "constraint")
-        tensor, plan = _ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
-        return _ops.project(tensor, plan, self.method, self.iterations)
+        tensor, plan = ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
+        return ops.project(tensor, plan, self.method, self.iterations)
 
     def get_config(self):
         return {"slice_axis": self.slice_axis, "mode": self.mode, "method": self.method, "iterations": self.iterations}

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ortho import _keras_compat, _layers, _ops, _validation
+from keras_ortho import _keras_compat, _layers, _validation, ops
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
@@ -70,13 +70,13 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         if known is None and not isinstance(x, keras.Variable):
             self._refuse_activations(x)
         variable, rule = known if known is not None else _layers.weight_behind(x, self, "regularizer")
-        tensor, plan = _ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
+        tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         if binding is None:
-            return _ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
+            return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         scale = binding.variable
 
         def scaled():
-            penalty = _ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
+            penalty = ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
             return penalty * keras.ops.cast(scale, penalty.dtype)
 
         if not binding.lazy:

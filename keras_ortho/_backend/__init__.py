@@ -18,7 +18,12 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   is `backward(phi, saved, options, upstream)`, `options` being a hashable
   tuple passed through untouched: the backend's custom-gradient
   mechanism, so that its autodiff never differentiates `forward`.
-* `compile(fn, jit_compile)`: `fn` compiled for repeated calls on tensors.
+* `for_measuring(fn, jit_compile)`: `fn` made ready for repeated measurements of
+  the weights, each backend its fastest way, outside any gradient: TensorFlow
+  traces it (`tf.function`, with XLA when `jit_compile`), JAX always jits it
+  (it has no graph mode short of jit; `jit_compile` is ignored), PyTorch runs
+  it eagerly under `no_grad` (Dynamo's compile time would outweigh a
+  once-an-epoch measurement; `jit_compile` is ignored).
 * `is_chief(model)`: whether this process writes files in a multi-process run.
 """
 

@@ -72,7 +72,7 @@ def with_gradient(phi, options, forward, backward):
     return function(phi)
 
 
-def compile(fn, jit_compile):
+def for_measuring(fn, jit_compile):
     # No Python control flow on tensors to convert: without AutoGraph, tracing
     # does not try (and warn) to convert the backend lookup's importlib call.
     return tf.function(fn, jit_compile=jit_compile, autograph=False)

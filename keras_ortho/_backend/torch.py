@@ -54,7 +54,7 @@ def with_gradient(phi, options, forward, backward):
     return _WithGradient.apply(phi, options, forward, backward)
 
 
-def compile(fn, jit_compile):
+def for_measuring(fn, jit_compile):
     # Measuring needs no graph: run eagerly, without recording for autograd.
     def run(*args):
         with torch.no_grad():

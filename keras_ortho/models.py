@@ -1,4 +1,4 @@
-"""`regularize` and `constrain`: keras_ortho on the kernels of a model that already exists."""
+"""`keras_ortho.models`: `regularize` and `constrain`, keras_ortho on the kernels of a model that already exists."""
 
 import fnmatch
 import warnings
@@ -8,6 +8,8 @@ import keras
 from keras_ortho import _keras_compat, _layers, _watch
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
+
+__all__ = ["constrain", "regularize"]
 
 
 class _Kind:

@@ -1,8 +1,11 @@
-"""The public functions: from a user's weight to the stack of matrices and back.
+"""`keras_ortho.ops`: the penalty, its gradient and the per-slice errors of one weight.
 
-A weight is checked and planned once (`prepare`, `plan_weight`); the plan is
-passed down to the math in `_math` and back up to the weight's layout.
-16-bit floats are reduced in float32; float32 and float64 in their own dtype.
+`slice_errors`, `ortho_penalty` and `ortho_gradient` are the public functions
+(also at `keras_ortho.`), as `keras.ops` holds Keras's. Beneath them, and shared
+with the regularizer, the constraint and the monitor: a weight is checked and
+planned once (`prepare`, `plan_weight`); the plan is passed down to the math in
+`_math` and back up to the weight's layout. 16-bit floats are reduced in
+float32; float32 and float64 in their own dtype.
 """
 
 import keras
@@ -10,6 +13,8 @@ from keras import ops
 
 from keras_ortho import _backend, _layers, _math, _validation
 from keras_ortho._slicing import plan_slices
+
+__all__ = ["ortho_gradient", "ortho_penalty", "slice_errors"]
 
 
 def keras_path(w):
