@@ -4,13 +4,14 @@ Shared by `OrthoLogger` and the `report` command. Each weight is planned once,
 here, and the probe measures it with that plan.
 """
 
+import warnings
 from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_ortho import _backend, _layers, ops as ortho_ops
+from keras_ortho import _backend, _layers, _validation, ops as ortho_ops
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -86,6 +87,99 @@ def regularized_weights(model, include_all=False):
         elif include_all and holds_matrices(v):
             watched.append(watch(v, path=path))
     return watched
+
+
+_WEIGHT_OPTIONS = ("slice_axis", "mode", "norm")
+
+
+def requested_weights(weights, slice_axis, mode, norm="l1"):
+    """Checks a monitor's `weights` argument; `[(weight or path, options)]`, or None for "the regularized ones".
+
+    Three forms: None; a list of Keras variables or their paths, sliced per
+    `slice_axis` and `mode` and measured by `norm`; items that are pairs
+    `(weight, {"slice_axis": ..., "mode": ..., "norm": ...})` with options of
+    their own. A variable's rank and dtype are checked now, not mid-fit.
+    """
+    if weights is None:
+        return None
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            "Argument `weights` must be None or a list of weights, paths or "
+            f"(weight, options) pairs. Received: weights={weights!r}"
+        )
+    if not weights:
+        raise ValueError(f"Argument `weights` is empty. Received: weights={weights!r}")
+    items = []
+    for item in weights:
+        weight, options = item if isinstance(item, tuple) else (item, {})
+        if not isinstance(options, dict) or set(options) - set(_WEIGHT_OPTIONS):
+            raise ValueError(
+                f"Argument `weights`: the options of a weight are a dict with keys from "
+                f"{_WEIGHT_OPTIONS}. Received for {weight!r}: {options!r}"
+            )
+        options = {"slice_axis": slice_axis, "mode": mode, "norm": norm, **options}
+        options["slice_axis"] = _validation.check_slice_axis(options["slice_axis"])
+        options["mode"] = _validation.check_mode(options["mode"])
+        options["norm"] = _validation.check_norm(options["norm"])
+        if not isinstance(weight, str):
+            if not hasattr(weight, "shape") or not hasattr(weight, "dtype"):
+                raise TypeError(
+                    "Argument `weights` must hold Keras variables or their paths. "
+                    f"Received an item: {weight!r}"
+                )
+            watch(weight, **options)
+        items.append((weight, options))
+    return items
+
+
+def resolve(model, requested):
+    """The `Watched` weights of `model` for `requested` (from `requested_weights`).
+
+    None: the regularized weights (`regularized_weights`), with a warning
+    when there are none. Otherwise each requested weight, a path being looked
+    up among the model's names (`_layers.weight_names`) and Keras's paths.
+    """
+    if requested is None:
+        watched = regularized_weights(model)
+        if not watched:
+            warnings.warn(
+                f"OrthoLogger found no trainable weight regularized by OrthoRegularizer "
+                f"in model '{model.name}', and records nothing. Pass `weights=[...]` to "
+                "watch others, or `keras_ortho.regularize(model, ...)` first.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return watched
+    _layers.assign_rules(model)  # explicit weights, sliced by their layers' rules
+    names = _layers.weight_names(model)
+    by_path = {names.get(id(v), v.path): v for v in model.weights}
+    by_path.update({v.path: v for v in model.weights if v.path not in by_path})  # Keras's path too
+    watched = []
+    for weight, options in requested:
+        if isinstance(weight, str):
+            if weight not in by_path:
+                raise ValueError(
+                    f"OrthoLogger cannot watch weight '{weight}': model '{model.name}' "
+                    f"has no weight with that path. Its weights: {sorted(names.values())[:20]}"
+                )
+            weight = by_path[weight]
+        watched.append(watch(weight, path=names.get(id(weight)), **options))
+    return watched
+
+
+def non_finite_as_nan(errors):
+    """Sets every non-finite error to NaN, in place; returns the paths that had any.
+
+    A weight that diverged (inf, NaN) has no meaningful error: NaN says so
+    in every record and plot alike, where inf and NaN would mix.
+    """
+    found = []
+    for path, values in errors.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            values[bad] = np.nan
+            found.append(path)
+    return found
 
 
 class ErrorProbe:

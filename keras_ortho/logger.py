@@ -1,19 +1,16 @@
 """`OrthoLogger`: per-slice orthogonality of watched weights during `fit`."""
 
-import importlib.util
-import os
 import warnings
 
 import keras
 import numpy as np
 
-from keras_ortho import _backend, _keras_compat, _layers, _validation, _watch
+from keras_ortho import _keras_compat, _layers, _records, _tensorboard, _validation, _watch
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
 # With more watched weights than this, `weight_logs="auto"` writes only `ortho/total`.
 AUTO_WEIGHT_LOGS = 8
-_WEIGHT_OPTIONS = ("slice_axis", "mode", "norm")
 
 
 class OrthoLogger(keras.callbacks.Callback):
@@ -90,13 +87,13 @@ class OrthoLogger(keras.callbacks.Callback):
         slice_axis = _validation.check_slice_axis(slice_axis)
         mode = _validation.check_mode(mode)
         norm = _validation.check_norm(norm)
-        self._requested = _requested_weights(weights, slice_axis, mode, norm)
+        self._requested = _watch.requested_weights(weights, slice_axis, mode, norm)
         self.every_n_batches = _validation.check_positive_int(
             "every_n_batches", every_n_batches, allow_none=True
         )
         self.log_dir = _validation.check_path("log_dir", log_dir)
         if self.log_dir is not None:
-            _check_summary_packages(self.log_dir)
+            _tensorboard.check_packages(self.log_dir)
         self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
         if weight_logs not in ("auto", True, False):
             raise ValueError(
@@ -109,8 +106,7 @@ class OrthoLogger(keras.callbacks.Callback):
             self.on_train_batch_end = self._record_batch
 
         self._watched = []
-        self._epoch_records = []  # [(epoch, {path: per-slice errors})]
-        self._batch_records = []  # [(step, {path: per-slice errors})]
+        self._epoch_records, self._batch_records = _records.Records(), _records.Records()
         self._probe = None
         self._writer = None
         self._batches_seen = 0
@@ -125,25 +121,19 @@ class OrthoLogger(keras.callbacks.Callback):
 
     @property
     def errors(self):
-        return self._stack(self._epoch_records)
+        return self._epoch_records.stack(self._watched)
 
     @property
     def epochs(self):
-        return [epoch for epoch, _ in self._epoch_records]
+        return self._epoch_records.keys
 
     @property
     def batch_errors(self):
-        return self._stack(self._batch_records)
+        return self._batch_records.stack(self._watched)
 
     @property
     def steps(self):
-        return [step for step, _ in self._batch_records]
-
-    def _stack(self, records):
-        return {
-            w.path: np.array([r[w.path] for _, r in records]).reshape(len(records), w.num_slices)
-            for w in self._watched
-        }
+        return self._batch_records.keys
 
     # --- Callback hooks -------------------------------------------------------------
 
@@ -153,21 +143,20 @@ class OrthoLogger(keras.callbacks.Callback):
             _layers.assign_rules(model)  # bound once: no lookup when the step is traced
 
     def on_train_begin(self, logs=None):
-        backend = _backend.current()
-        watched = self._resolve(self.model)
+        watched = _watch.resolve(self.model, self._requested)
         same_weights = len(watched) == len(self._watched) and all(
             new.variable is old.variable and new.plan == old.plan
             for new, old in zip(watched, self._watched)
         )
         if not same_weights or self._probe is None:
             # Another model or other weights: start a new record and a new probe.
-            self._epoch_records, self._batch_records = [], []
+            self._epoch_records, self._batch_records = _records.Records(), _records.Records()
             self._watched = watched
             self._probe = _watch.ErrorProbe(watched, jit_compile=self.every_n_batches is not None)
         self._batches_seen = 0
         self.on_train_end()  # a fit that raised left its writer open
-        if self.log_dir is not None and backend.is_chief(self.model):
-            self._writer = _SummaryWriter(self.log_dir)
+        if self.log_dir is not None:
+            self._writer = _tensorboard.writer_for(self.log_dir, self.model)
 
     def _record_batch(self, batch, logs=None):
         """`on_train_batch_end` when `every_n_batches` is set (see `__init__`)."""
@@ -175,27 +164,15 @@ class OrthoLogger(keras.callbacks.Callback):
         if self._batches_seen % self.every_n_batches:
             return
         step, errors = self._measure()
-        _keep_before(self._batch_records, step)
-        self._batch_records.append((step, errors))
+        self._batch_records.add(step, errors)
         if self._writer is not None:
             self._writer.write(step, {f"ortho_batch/{p}": np.sum(v) for p, v in errors.items()})
 
     def on_epoch_end(self, epoch, logs=None):
         _, errors = self._measure()
-        _keep_before(self._epoch_records, epoch)
-        self._epoch_records.append((epoch, errors))
+        self._epoch_records.add(epoch, errors)
         if logs is not None:
-            per_weight = self.weight_logs is True or (
-                self.weight_logs == "auto" and len(errors) <= AUTO_WEIGHT_LOGS
-            )
-            if not per_weight:
-                logs[TOTAL_KEY] = float(sum(np.sum(values) for values in errors.values()))
-            for path, values in errors.items():
-                if per_weight:
-                    logs[f"{LOG_PREFIX}{path}"] = float(np.sum(values))
-                if self.per_slice_logs:
-                    for i, value in enumerate(values):
-                        logs[f"{LOG_PREFIX}{path}/slice_{i}"] = float(value)
+            logs.update(log_entries(errors, self.weight_logs, self.per_slice_logs))
         if self._writer is not None:
             scalars = {}
             for path, values in errors.items():
@@ -209,136 +186,39 @@ class OrthoLogger(keras.callbacks.Callback):
             self._writer.close()
             self._writer = None
 
-    # --- Helpers ----------------------------------------------------------------------
-
-    def _resolve(self, model):
-        if self._requested is None:
-            watched = _watch.regularized_weights(model)
-            if not watched:
-                warnings.warn(
-                    f"OrthoLogger found no trainable weight regularized by OrthoRegularizer "
-                    f"in model '{model.name}', and records nothing. Pass `weights=[...]` to "
-                    "watch others, or `keras_ortho.regularize(model, ...)` first.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return watched
-        _layers.assign_rules(model)  # explicit weights, sliced by their layers' rules
-        names = _layers.weight_names(model)
-        by_path = {names.get(id(v), v.path): v for v in model.weights}
-        by_path.update({v.path: v for v in model.weights if v.path not in by_path})  # Keras's path too
-        watched = []
-        for weight, options in self._requested:
-            if isinstance(weight, str):
-                if weight not in by_path:
-                    raise ValueError(
-                        f"OrthoLogger cannot watch weight '{weight}': model '{model.name}' "
-                        f"has no weight with that path. Its weights: {sorted(names.values())[:20]}"
-                    )
-                weight = by_path[weight]
-            watched.append(_watch.watch(weight, path=names.get(id(weight)), **options))
-        return watched
-
     def _measure(self):
         """`(optimizer iteration, {path: per-slice errors})` of the weights now."""
         model = _keras_compat.synced_model(self)  # on JAX, the trained values back into the variables
         optimizer = getattr(model, "optimizer", None)
         step = -1 if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
         errors = self._probe()
-        for path, values in errors.items():
-            if not np.all(np.isfinite(values)):
-                values[~np.isfinite(values)] = np.nan
-                if path not in self._warned_non_finite:
-                    self._warned_non_finite.add(path)
-                    warnings.warn(
-                        f"OrthoLogger: weight '{path}' has non-finite orthogonality errors "
-                        "(non-finite weights); they are recorded as NaN.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+        for path in _watch.non_finite_as_nan(errors):
+            if path not in self._warned_non_finite:
+                self._warned_non_finite.add(path)
+                warnings.warn(
+                    f"OrthoLogger: weight '{path}' has non-finite orthogonality errors "
+                    "(non-finite weights); they are recorded as NaN.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return step, errors
 
 
-def _requested_weights(weights, slice_axis, mode, norm="l1"):
-    """Normalizes the `weights` argument to `[(weight or path, options)]`, or None."""
-    if weights is None:
-        return None
-    if not isinstance(weights, (list, tuple)):
-        raise TypeError(
-            "Argument `weights` must be None or a list of weights, paths or "
-            f"(weight, options) pairs. Received: weights={weights!r}"
-        )
-    if not weights:
-        raise ValueError(f"Argument `weights` is empty. Received: weights={weights!r}")
-    items = []
-    for item in weights:
-        weight, options = item if isinstance(item, tuple) else (item, {})
-        if not isinstance(options, dict) or set(options) - set(_WEIGHT_OPTIONS):
-            raise ValueError(
-                f"Argument `weights`: the options of a weight are a dict with keys from "
-                f"{_WEIGHT_OPTIONS}. Received for {weight!r}: {options!r}"
-            )
-        options = {"slice_axis": slice_axis, "mode": mode, "norm": norm, **options}
-        options["slice_axis"] = _validation.check_slice_axis(options["slice_axis"])
-        options["mode"] = _validation.check_mode(options["mode"])
-        options["norm"] = _validation.check_norm(options["norm"])
-        if not isinstance(weight, str):
-            if not hasattr(weight, "shape") or not hasattr(weight, "dtype"):
-                raise TypeError(
-                    "Argument `weights` must hold Keras variables or their paths. "
-                    f"Received an item: {weight!r}"
-                )
-            _watch.watch(weight, **options)  # rank and dtype errors now, not mid-fit
-        items.append((weight, options))
-    return items
+def log_entries(errors, weight_logs, per_slice_logs):
+    """The epoch-log keys for `errors`, as the progress bar and History show them.
 
-
-def _keep_before(records, key):
-    """Drops records at or after `key`: a resumed or repeated run overwrites them."""
-    while records and records[-1][0] >= key:
-        records.pop()
-
-
-def _check_summary_packages(log_dir):
-    """TensorBoard files are written with `tf.summary`: TensorFlow and tensorboard."""
-    for package, install in (("tensorflow", "tensorflow"), ("tensorboard", "'keras-ortho[tensorboard]'")):
-        if importlib.util.find_spec(package) is None:
-            raise ImportError(
-                f"OrthoLogger(log_dir={log_dir!r}) writes TensorBoard summaries with tf.summary "
-                f"and needs the {package} package, on every Keras backend (as Keras's TensorBoard "
-                f"callback does): `pip install {install}`."
-            )
-
-
-class _SummaryWriter:
-    """A `tf.summary` file writer for the run `log_dir/ortho`."""
-
-    def __init__(self, log_dir):
-        import tensorflow as tf
-
-        self._tf = tf
-        run_dir = os.path.join(log_dir, "ortho")
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-            if not os.access(run_dir, os.W_OK):
-                raise PermissionError(f"no write permission on {run_dir}")
-            self._writer = tf.summary.create_file_writer(run_dir)
-        except (OSError, tf.errors.OpError) as error:
-            raise ValueError(
-                f"OrthoLogger cannot write TensorBoard logs to log_dir={log_dir!r}: {error}"
-            ) from error
-
-    def write(self, step, scalars, histograms=None):
-        """Writes scalars (and histograms) at `step`; flushes with histograms, at epoch ends."""
-        tf = self._tf
-        with self._writer.as_default(step=step):
-            for tag, value in scalars.items():
-                tf.summary.scalar(tag, value)
-            for tag, values in (histograms or {}).items():
-                tf.summary.histogram(tag, values)
-        if histograms:
-            self._writer.flush()
-
-    def close(self):
-        self._writer.flush()
-        self._writer.close()
+    `ortho/<path>` per weight when `weight_logs` is True, or "auto" with at
+    most `AUTO_WEIGHT_LOGS` weights; otherwise one `ortho/total`, so that the
+    progress bar stays one readable line. `ortho/<path>/slice_<i>` per slice
+    with `per_slice_logs`.
+    """
+    per_weight = weight_logs is True or (weight_logs == "auto" and len(errors) <= AUTO_WEIGHT_LOGS)
+    entries = {}
+    if not per_weight:
+        entries[TOTAL_KEY] = float(sum(np.sum(values) for values in errors.values()))
+    for path, values in errors.items():
+        if per_weight:
+            entries[f"{LOG_PREFIX}{path}"] = float(np.sum(values))
+        if per_slice_logs:
+            entries.update({f"{LOG_PREFIX}{path}/slice_{i}": float(value) for i, value in enumerate(values)})
+    return entries
