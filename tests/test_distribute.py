@@ -210,3 +210,30 @@ def test_backends_that_cannot_train_are_refused_clearly(monkeypatch, backend):
         logger = OrthoLogger()
         logger.set_model(model)
         logger.on_train_begin()
+
+
+@only_on("torch", why="DistributedDataParallel is PyTorch's")
+def test_torch_ddp_in_a_custom_loop_steps_like_one_process(tmp_path):
+    """Two CPU processes on gloo, each with half the batch: the penalty, the gradients DDP
+    averages and the weights after one SGD step equal one process's on the whole batch."""
+    import torch_ddp_train
+
+    model, x, y = torch_ddp_train.model_and_data()
+    single = torch_ddp_train.step(model, model, x, y)
+    assert len(single["grads"]) == 5  # query, key, value, attention output, head
+
+    script, port = os.path.join(TESTS_DIR, "torch_ddp_train.py"), free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    ranks = [
+        subprocess.Popen([sys.executable, script, str(rank), "2", str(port), str(tmp_path / f"{rank}.json")], env=env)
+        for rank in range(2)
+    ]
+    assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]
+    for rank in range(2):
+        with open(tmp_path / f"{rank}.json") as f:
+            result = json.load(f)
+        assert result["penalty"] == pytest.approx(single["penalty"], rel=1e-6)
+        assert sorted(result["grads"]) == sorted(single["grads"])
+        for path in single["grads"]:
+            np.testing.assert_allclose(result["grads"][path], single["grads"][path], rtol=1e-5, atol=1e-7, err_msg=path)
+            np.testing.assert_allclose(result["weights"][path], single["weights"][path], rtol=1e-5, atol=1e-7, err_msg=path)

@@ -1,0 +1,68 @@
+"""One step of a Keras-on-PyTorch model, regularized, in a custom loop under DistributedDataParallel.
+
+Run as `python torch_ddp_train.py RANK WORLD_SIZE PORT OUT` by
+`tests/test_distribute.py` (each rank a process, gloo on CPU), or imported for
+the one-process reference. Each rank takes its equal share of the batch; DDP
+averages the gradients, so the step equals one process's on the whole batch.
+"""
+
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import keras_ortho  # noqa: E402
+
+LR = 0.1
+BATCH = 8
+
+
+def model_and_data():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 6))
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(inputs, inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.05))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, 4, 6)).astype("float32")
+    y = rng.normal(size=(BATCH, 3)).astype("float32")
+    return model, torch.from_numpy(x), torch.from_numpy(y)
+
+
+def step(model, module, x, y):
+    """One SGD step of `module` (the model, or DDP around it); what it measured, as JSON-ready lists."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    optimizer.zero_grad()
+    penalty = sum(model.losses)
+    loss = torch.mean((module(x) - y) ** 2) + penalty
+    loss.backward()
+    kernels = {v.path: v for v in model.trainable_weights if v.regularizer is not None}
+    grads = {path: v.value.grad.detach().numpy().tolist() for path, v in kernels.items()}
+    optimizer.step()
+    weights = {path: keras.ops.convert_to_numpy(v).tolist() for path, v in kernels.items()}
+    return {"penalty": float(penalty.detach()), "grads": grads, "weights": weights}
+
+
+def main(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model, x, y = model_and_data()
+        share = BATCH // world_size
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        result = step(model, ddp, x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share])
+    finally:
+        torch.distributed.destroy_process_group()
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
