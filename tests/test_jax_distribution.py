@@ -87,3 +87,15 @@ def test_head_sharded_penalty_compiles_without_gathers_or_permutes(tmp_path):
     # A column-sharded one: one all-gather of the kernel, and the scalar's all-reduce.
     assert rows["Dense columns"] == {"all-gather": {"count": 1, "bytes": 4 * 64 * 64},
                                      "all-reduce": {"count": 1, "bytes": 4}}
+
+
+def test_schedule_and_target_under_data_parallel_train_like_one_device(tmp_path):
+    out = tmp_path / "scales.json"
+    run_on_four_devices("tests/jax_scale_parallel.py", out)
+    results = json.loads(out.read_text())
+    assert sorted(results) == ["schedule", "target"]
+    for callback, runs in results.items():
+        one, parallel = runs["one"], runs["parallel"]
+        assert len(one["scales"]) == 3 and len(set(one["scales"])) > 1, (callback, one["scales"])  # it acts
+        np.testing.assert_allclose(parallel["scales"], one["scales"], rtol=1e-5, err_msg=callback)
+        np.testing.assert_allclose(parallel["kernel"], one["kernel"], rtol=1e-5, atol=1e-6, err_msg=callback)

@@ -157,6 +157,33 @@ def test_the_scale_acts_under_mirrored_strategy(mirrored):
         np.testing.assert_allclose(end, expected, rtol=1e-5, atol=1e-6, err_msg=f"epoch {epoch}")
 
 
+@only_on("tensorflow", why="MirroredStrategy is tf.distribute")
+@pytest.mark.parametrize("callback", ["schedule", "target"])
+def test_schedule_and_target_under_mirrored_strategy_train_like_one_device(callback, mirrored):
+    """Two replicas, each with half of every batch: the same scales and kernel as one device."""
+    callbacks = {
+        "schedule": lambda: keras_ortho.OrthoSchedule({0: 0.1, 1: 1.0, 2: 0.5}),
+        "target": lambda: keras_ortho.OrthoTarget(1e-3, initial_scale=10.0),
+    }
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(16, 5)).astype("float32")
+
+    def train(strategy):
+        with strategy.scope():
+            model, layer = penalty_only_model()
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[callbacks[callback]()])
+        return history.history["ortho/scale"], to_numpy(layer.kernel)
+
+    import tensorflow as tf
+
+    (one_scales, one_kernel), (scales, kernel) = train(tf.distribute.get_strategy()), train(mirrored)
+    assert mirrored.num_replicas_in_sync == 2
+    assert len(one_scales) == 3 and len(set(one_scales)) > 1, one_scales  # it acts
+    np.testing.assert_allclose(scales, one_scales, rtol=1e-5)
+    np.testing.assert_allclose(kernel, one_kernel, rtol=1e-5, atol=1e-6)
+
+
 def test_scale_is_logged_for_history_and_csv_logger(tmp_path):
     model, _ = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
