@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _keras_compat, _layers, _watch
+from keras_ortho import _binding, _keras_compat, _watch
 
 LOG_KEY = "ortho/scale"
 _ATTRIBUTE = "_keras_ortho_scale"
@@ -104,7 +104,7 @@ class ScaleCallback(keras.callbacks.Callback):
         # Before any `on_train_begin`: BackupAndRestore restores the scale from
         # its backup there, whatever its place in the callback list.
         super().set_model(model)
-        _layers.assign_rules(model)  # bound once: no lookup when the step is traced
+        _binding.assign_rules(model)  # bound once: no lookup when the step is traced
         attached = getattr(model, _ATTRIBUTE, None)
         if attached is not None and attached is not self._state:
             attached.binding.release_if_stale()  # left by a fit that raised

@@ -4,7 +4,7 @@ A weight `w` is read as a stack of `m` matrices `Phi_i`, each `rows x cols`,
 by a `Rule`: reshape `w` to the rule's `view` (the same data, some axis split
 or merged), then take slices along the view's `slice_axis`; each slice keeps
 the remaining axes in order, rows are all of them but the last, columns the
-last. `keras_ortho._layers` gives the rule of each Keras layer's weights (one
+last. `keras_ortho._rules` gives the rule of each Keras layer's weights (one
 matrix for Dense and Conv, per head, per gate, per channel); a tensor without
 a layer gets `default_rule`:
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ortho import _backend, _layers, _validation, ops as ortho_ops
+from keras_ortho import _backend, _binding, _rules, _validation, ops as ortho_ops
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -45,7 +45,7 @@ def holds_matrices(variable):
 def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1"):
     """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
 
-    `path` names it (`_layers.weight_names` inside a model); Keras's path by default.
+    `path` names it (`_rules.weight_names` inside a model); Keras's path by default.
 
     Raises:
         TypeError, ValueError: naming the weight, when it is not floating point,
@@ -53,7 +53,7 @@ def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1
     """
     path = path if path is not None else weight_path(variable)
     if rule is None and isinstance(variable, keras.Variable):
-        rule = _layers.known_rule(variable)
+        rule = _binding.known_rule(variable)
     try:
         plan = ortho_ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
@@ -73,10 +73,10 @@ def regularized_weights(model, include_all=False):
     Every trainable weight regularized by an `OrthoRegularizer`, sliced and
     measured as its regularizer slices and measures it (`norm`); with `include_all`, also every other floating weight
     of rank >= 2, with the default slicing. Each is named by its path inside
-    the model (`_layers.weight_names`).
+    the model (`_rules.weight_names`).
     """
-    _layers.assign_rules(model)  # each weight sliced by its layer's rule
-    names = _layers.weight_names(model)
+    _binding.assign_rules(model)  # each weight sliced by its layer's rule
+    names = _rules.weight_names(model)
     trainable = {id(v) for v in model.trainable_weights}
     watched = []
     for v in model.weights:
@@ -137,7 +137,7 @@ def resolve(model, requested):
 
     None: the regularized weights (`regularized_weights`), with a warning
     when there are none. Otherwise each requested weight, a path being looked
-    up among the model's names (`_layers.weight_names`) and Keras's paths.
+    up among the model's names (`_rules.weight_names`) and Keras's paths.
     """
     if requested is None:
         watched = regularized_weights(model)
@@ -150,8 +150,8 @@ def resolve(model, requested):
                 stacklevel=3,
             )
         return watched
-    _layers.assign_rules(model)  # explicit weights, sliced by their layers' rules
-    names = _layers.weight_names(model)
+    _binding.assign_rules(model)  # explicit weights, sliced by their layers' rules
+    names = _rules.weight_names(model)
     by_path = {names.get(id(v), v.path): v for v in model.weights}
     by_path.update({v.path: v for v in model.weights if v.path not in by_path})  # Keras's path too
     watched = []

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ortho import _layers, _validation, ops
+from keras_ortho import _binding, _validation, ops
 from keras_ortho._math import PROJECTIONS
 
 _CONFIG_KEYS = ("slice_axis", "mode", "method", "iterations")
@@ -53,10 +53,10 @@ class OrthoConstraint(keras.constraints.Constraint):
             iterations = _validation.check_positive_int("iterations", iterations)
         self.iterations = iterations
         self._warned_shapes = set()
-        self._bound = _layers.BoundWeights()  # the weights keras_ortho has met carrying it
+        self._bound = _binding.BoundWeights()  # the weights keras_ortho has met carrying it
 
     def __call__(self, w):
-        variable, rule = _layers.weight_behind(w, self, "constraint")
+        variable, rule = _binding.weight_behind(w, self, "constraint")
         tensor, plan = ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
         return ops.project(tensor, plan, self.method, self.iterations)
 

@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _keras_compat, _layers, _records, _tensorboard, _validation, _watch
+from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _validation, _watch
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
@@ -140,7 +140,7 @@ class OrthoLogger(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         if isinstance(model, keras.layers.Layer):
-            _layers.assign_rules(model)  # bound once: no lookup when the step is traced
+            _binding.assign_rules(model)  # bound once: no lookup when the step is traced
 
     def on_train_begin(self, logs=None):
         watched = _watch.resolve(self.model, self._requested)

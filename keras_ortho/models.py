@@ -5,7 +5,7 @@ import warnings
 
 import keras
 
-from keras_ortho import _keras_compat, _layers, _watch
+from keras_ortho import _binding, _keras_compat, _rules, _watch
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -128,8 +128,8 @@ def _put(model, obj, kind, include, exclude):
             "Build it first (call it on data, or `model.build(input_shape)`)."
         )
 
-    _layers.assign_rules(model)
-    names = _layers.weight_names(model)
+    _binding.assign_rules(model)
+    names = _rules.weight_names(model)
     paths, frozen = [], []
     for layer, variable, role in _kernels(model):
         path = names[id(variable)]
@@ -143,7 +143,7 @@ def _put(model, obj, kind, include, exclude):
         if obj is None and kind.of(variable) is None:
             continue
         setattr(variable, name, obj)
-        _layers.bind(variable)
+        _binding.bind(variable)
         argument = kind.argument(role[1])
         if hasattr(layer, argument):
             setattr(layer, argument, obj)  # what the layer's config carries
@@ -202,15 +202,15 @@ def _share_kernel_arguments(model, kind):
     after loading.
     """
     argument = kind.argument("kernel_regularizer")
-    for layer in _layers.layers_of(model):
+    for layer in _rules.layers_of(model):
         attribute = _keras_compat.argument_attribute(layer, argument)
         if attribute is None or not isinstance(layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
             continue
         found = {
             id(getattr(v, kind.attribute)): getattr(v, kind.attribute)
-            for sublayer in _layers.layers_of(layer)[1:]
-            for v in _layers.own_weights(sublayer)
-            if _layers.kernel_attribute(sublayer, v) is not None
+            for sublayer in _rules.layers_of(layer)[1:]
+            for v in _rules.own_weights(sublayer)
+            if _rules.kernel_attribute(sublayer, v) is not None
         }
         if len(found) == 1:
             setattr(layer, attribute, next(iter(found.values())))
@@ -231,9 +231,9 @@ def _kernels(model):
 
     See `regularize`; `_can_train` tells the kernels a regularizer can act on.
     """
-    for layer in _layers.layers_of(model):
-        for variable in _layers.own_variables(layer):
-            role = _layers.kernel_attribute(layer, variable)
+    for layer in _rules.layers_of(model):
+        for variable in _rules.own_variables(layer):
+            role = _rules.kernel_attribute(layer, variable)
             if role is not None and len(variable.shape) >= 2:
                 yield layer, variable, role
 
@@ -254,7 +254,7 @@ def _why_frozen(layer):
 
 
 def _some_kernel_paths(model, count=3):
-    names = _layers.weight_names(model)
+    names = _rules.weight_names(model)
     paths = [names[id(variable)] for _, variable, _ in _kernels(model) if _can_train(variable)][:count]
     return ", ".join(repr(p) for p in paths) if paths else "(none: the model has no kernel)"
 
@@ -278,13 +278,13 @@ def _warn_if_configs_drop(model, paths, kind=_REGULARIZER):
     # Keras's own layers and models all carry the regularizer `regularize` sets
     # (tested for every core layer); only a model with layers of other
     # libraries or of the user's needs rebuilding.
-    if all(type(layer).__module__.startswith("keras.") for layer in _layers.layers_of(model)):
+    if all(type(layer).__module__.startswith("keras.") for layer in _rules.layers_of(model)):
         return
     try:
         rebuilt = type(model).from_config(model.get_config())
     except Exception:  # a model without a config cannot be saved with one either
         return
-    rebuilt_names = _layers.weight_names(rebuilt)
+    rebuilt_names = _rules.weight_names(rebuilt)
     carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if _can_train(v) and kind.of(v) is not None}
     dropped = [p for p in paths if p not in carried]
     if dropped:

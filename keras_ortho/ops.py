@@ -11,7 +11,7 @@ float32; float32 and float64 in their own dtype.
 import keras
 from keras import ops
 
-from keras_ortho import _backend, _layers, _math, _validation
+from keras_ortho import _backend, _binding, _math, _validation
 from keras_ortho._slicing import plan_slices
 
 __all__ = ["ortho_gradient", "ortho_penalty", "slice_errors"]
@@ -59,20 +59,20 @@ def prepare(w, slice_axis, mode, rule=None, weight=None):
 
     `rule` is the layer rule of the weight, and `weight` the Keras variable `w`
     stands for (for errors that name it); both default to what a Keras
-    variable `w` itself tells (`_layers.known_rule`).
+    variable `w` itself tells (`_binding.known_rule`).
     """
     slice_axis = _validation.check_slice_axis(slice_axis)
     mode = _validation.check_mode(mode)
     weight = weight if weight is not None else (w if isinstance(w, keras.Variable) else None)
     if rule is None and weight is not None:
-        rule = _layers.known_rule(weight)
+        rule = _binding.known_rule(weight)
     tensor = _backend.current().to_tensor(w)
     try:
         return tensor, plan_weight(tensor.shape, tensor.dtype, slice_axis, mode, rule)
     except (TypeError, ValueError) as error:
         if weight is None:
             raise
-        raise type(error)(f"{error}, for {_layers.describe(weight)}") from None
+        raise type(error)(f"{error}, for {_binding.describe(weight)}") from None
 
 
 def to_stack(tensor, plan):

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ortho import _keras_compat, _layers, _validation, ops
+from keras_ortho import _binding, _keras_compat, _validation, ops
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
@@ -57,7 +57,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         self.reduction = _validation.check_reduction(reduction)
         self.norm = _validation.check_norm(norm, self.reduction)
         self._warned_shapes = set()
-        self._bound = _layers.BoundWeights()  # the weights keras_ortho has met carrying it
+        self._bound = _binding.BoundWeights()  # the weights keras_ortho has met carrying it
         # The `_scale.ScaleBinding` of an OrthoSchedule/OrthoTarget while its fit
         # runs; not configuration: `get_config` never carries it.
         self._scale = None
@@ -66,10 +66,10 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         binding = self._scale
         if binding is not None and binding.release_if_stale():  # first: a fit that raised ends here
             binding = None
-        known = _layers.known_weight(x, self)
+        known = _binding.known_weight(x, self)
         if known is None and not isinstance(x, keras.Variable):
             self._refuse_activations(x)
-        variable, rule = known if known is not None else _layers.weight_behind(x, self, "regularizer")
+        variable, rule = known if known is not None else _binding.weight_behind(x, self, "regularizer")
         tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         if binding is None:
             return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)

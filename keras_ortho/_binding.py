@@ -1,30 +1,22 @@
-"""Which matrices each Keras layer's weights hold, and which weights are kernels.
+"""What each weight carries for keras_ortho: its layer rule, recorded, and its regularizer, bound.
 
-The rule of a weight depends on its layer (a Conv1D kernel is one matrix, a
-DepthwiseConv kernel one matrix per channel, an LSTM recurrent kernel one per
-gate, an attention projection one per head), never on its name. The layer is
-known wherever keras_ortho meets a model (`regularize`, `constrain`, the
-callbacks, the report); `assign_rules` then records each weight's rule on the
-weight itself and binds the weight to its keras_ortho regularizer and
-constraint, so that they know it again, with no lookup, when Keras hands them
-a bare tensor that stands for it (JAX's `fit`, `stateless_call`). Only a
-regularizer given to a layer's constructor, before any of those has met the
-model, looks once at Keras's calling frames (`weight_behind`).
-
-What this needs of Keras's own objects (where a layer keeps its weights, its
-sublayers, its kernels) is read through `_keras_compat`.
+Wherever keras_ortho meets a model (`regularize`, `constrain`, every
+callback's `set_model`, the report), `assign_rules` records each weight's
+rule (`_rules.rule_for`) on the weight itself and binds the weight to its
+keras_ortho regularizer and constraint. They then know it again with no
+lookup, also when Keras hands them a bare tensor that stands for it (JAX's
+`fit`, `stateless_call`): `known_weight`. Only a regularizer given to a
+layer's constructor, before any of those has met the model, looks once at
+Keras's calling frames (`weight_behind`).
 """
 
-import re
 import warnings
 import weakref
 
 import keras
 
 from keras_ortho import _keras_compat
-from keras_ortho._slicing import along, default_rule, one_matrix, per_group
-
-L = keras.layers
+from keras_ortho._rules import layers_of, own_layer_weights, rule_for
 
 _RULE = "_keras_ortho_rule"
 _OWNER = "_keras_ortho_owner"
@@ -33,110 +25,11 @@ _OWNER = "_keras_ortho_owner"
 _BINDABLE = ("regularizer", "constraint")
 
 
-def _is_depthwise(layer):
-    return isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D))
-
-
-def _conv_groups(layer):
-    """`groups` of a grouped convolution (Conv1D/2D/3D with `groups > 1`), else None."""
-    # Keras's transposed and depthwise convolutions take no `groups`.
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
-        return layer.groups
-    return None
-
-
-def einsum_rule(equation, shape):
-    """Per head for an EinsumDense kernel of rank 3, from its equation alone.
-
-    The kernel's axes are contracted with the input (absent from the output)
-    or kept in the output. Each matrix maps the last contracted axis to the
-    last kept axis; the third axis indexes the matrices: the heads of
-    MultiHeadAttention's and GroupQueryAttention's query/key/value kernels
-    `(d_model, heads, head_dim)` and of their output projections
-    `(heads, head_dim, d_model)`.
-    """
-    match = re.fullmatch(r"([\w.]+),([\w.]+)->([\w.]+)", equation.replace(" ", ""))
-    if match is None or len(shape) != 3:
-        return default_rule(shape)
-    kernel, output = match[2], match[3]
-    if len(kernel) != 3:
-        return default_rule(shape)
-    kept = [i for i, axis in enumerate(kernel) if axis in output]
-    contracted = [i for i, axis in enumerate(kernel) if axis not in output]
-    if not kept or not contracted:
-        return default_rule(shape)
-    others = [i for i in range(3) if i not in (kept[-1], contracted[-1])]
-    return along(others[0], "per head")
-
-
-def rule_for(layer, variable):
-    """The `Rule` of `variable`, a weight of `layer`'s own; None for no rule of ours."""
-    shape = tuple(variable.shape)
-    if len(shape) < 2:
-        return None
-    role = kernel_attribute(layer, variable)
-    if role is None:
-        return None
-    groups = _keras_compat.recurrent_gates(layer)
-    if groups is not None and role[0] in ("kernel", "recurrent_kernel"):
-        return per_group(shape, groups)
-    if isinstance(layer, L.EinsumDense):
-        return einsum_rule(layer.equation, shape)
-    if _is_depthwise(layer) or role[0] == "depthwise_kernel":
-        return along(len(shape) - 2, "per channel")
-    groups = _conv_groups(layer)
-    if groups is not None and role[0] in ("kernel", "_kernel"):
-        return per_group(shape, groups, "group")
-    return one_matrix(shape)
-
-
-kernel_attribute = _keras_compat.kernel_attribute
-layers_of = _keras_compat.all_layers
-
-
-def own_weights(layer):
-    """The layer's own trainable weights (not its sublayers')."""
-    return _keras_compat.own_trainable_variables(layer) if layer.trainable else []
-
-
-def _own(layer):
-    """Every weight the layer holds itself (not its sublayers'), trainable or not."""
-    return _keras_compat.own_trainable_variables(layer) + _keras_compat.own_non_trainable_variables(layer)
-
-
-def own_variables(layer):
-    """All the own weights of a trainable layer, frozen ones too (LoRA's kernel, int8 kernels)."""
-    return _own(layer) if layer.trainable else []
-
-
-def weight_names(root):
-    """`{id(variable): name}`: each weight's path inside `root`, the same however it was built.
-
-    The name is the chain of layer names from `root` (left out) down to the
-    layer that holds the weight, then the weight's own name: `dense/kernel`,
-    `attention/query/kernel`, `inner/dense/kernel` for a nested model. Keras's
-    own `variable.path` depends on how the model came to be built: a
-    Sequential built with an Input says `sequential/dense/kernel`, the same
-    model loaded from `.keras` says `dense/kernel`, and a nested model loses
-    its prefix on loading. A weight reached along several paths keeps the first.
-    """
-    names = {}
-
-    def visit(layer, prefix):
-        for variable in _own(layer):
-            names.setdefault(id(variable), prefix + variable.name)
-        for child in _keras_compat.sublayers(layer):
-            visit(child, f"{prefix}{child.name}/")
-
-    visit(root, "")
-    return names
-
-
 def assign_rules(root):
     """Records on each weight inside `root` its rule and its layer, and binds it (`bind`)."""
     for layer in layers_of(root):
         # Every weight, frozen or not: a frozen layer's kernel is still measured.
-        for variable in _own(layer):
+        for variable in own_layer_weights(layer):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
             bind(variable)
@@ -265,4 +158,3 @@ def describe(variable):
     owner = getattr(variable, _OWNER, None)
     text = f"weight '{variable.path}'"
     return text if owner is None else f"{text} of layer {owner}"
-
