@@ -295,6 +295,22 @@ def rebuild_step_functions(model):
         model.make_test_function(force=True)
 
 
+def add_hooks(callback, **hooks):
+    """Gives this `callback` instance the hooks `hooks` (`on_train_batch_end=...`), its class none.
+
+    Keras runs the training steps ahead of Python, without waiting after each
+    one, only while no callback of the fit overrides a batch hook: its
+    CallbackList checks each hook against the base Callback's (marked as its
+    default). Set on the instance only when asked for (`every_n_batches`,
+    lazy regularization), a callback keeps that asynchronous stepping
+    otherwise. If a release decided it another way, nothing would break, and
+    every fit with a keras_ortho callback would wait for Python after each
+    step (tested).
+    """
+    for name, hook in hooks.items():
+        setattr(callback, name, hook)
+
+
 def synced_model(callback):
     """`callback.model`, with the values JAX's `fit` is training put back into its variables.
 

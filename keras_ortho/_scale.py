@@ -96,9 +96,12 @@ class ScaleCallback(keras.callbacks.Callback):
         self._steps = 0
         self._lazy_value = None  # the lazy scale an evaluation interrupts
         if every > 1:
-            self.on_train_batch_begin = self._lazy_step
-            self.on_test_begin = self._plain_for_evaluation
-            self.on_test_end = self._lazy_after_evaluation
+            _keras_compat.add_hooks(
+                self,
+                on_train_batch_begin=self._lazy_step,
+                on_test_begin=self._plain_for_evaluation,
+                on_test_end=self._lazy_after_evaluation,
+            )
 
     def set_model(self, model):
         # Before any `on_train_begin`: BackupAndRestore restores the scale from

@@ -103,7 +103,7 @@ class OrthoLogger(keras.callbacks.Callback):
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.
-            self.on_train_batch_end = self._record_batch
+            _keras_compat.add_hooks(self, on_train_batch_end=self._record_batch)
 
         self._watched = []
         self._epoch_records, self._batch_records = _records.Records(), _records.Records()

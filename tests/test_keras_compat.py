@@ -297,3 +297,17 @@ def test_attached_state_goes_through_the_step_and_into_saved_weights(tmp_path):
     _keras_compat.detach_state(model, "_attached", state)
     assert not hasattr(model, "_attached")
     assert not any(v is state.state for v in model.non_trainable_variables)
+
+
+def test_steps_run_ahead_of_python_unless_a_batch_hook_is_added():
+    """`add_hooks`: Keras dispatches steps asynchronously (on a thread-safe backend) while every
+    batch hook of every callback is still the base Callback's, which Keras marks as its default."""
+    from keras.src.utils.python_utils import is_default
+
+    plain, hooked = keras.callbacks.Callback(), keras.callbacks.Callback()
+    _keras_compat.add_hooks(hooked, on_train_batch_end=lambda batch, logs=None: None)
+    assert is_default(plain.on_train_batch_end) and not is_default(hooked.on_train_batch_end)
+    assert type(hooked).on_train_batch_end is keras.callbacks.Callback.on_train_batch_end  # the class untouched
+    if keras.src.backend.IS_THREAD_SAFE:  # JAX and PyTorch
+        assert keras.callbacks.CallbackList([plain])._async_train
+        assert not keras.callbacks.CallbackList([hooked])._async_train
