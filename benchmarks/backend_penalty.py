@@ -15,13 +15,13 @@ Used by `run.py` (one process per backend) and by `gpu_check.py`.
 
 import keras
 import numpy as np
+from harness import EXECUTION, median_times
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _math, ops as ortho_ops
+from keras_ortho import _math
+from keras_ortho import ops as ortho_ops
 from keras_ortho._slicing import plan_slices
-
-from harness import EXECUTION, median_times
 
 # (label, shape): the three core shapes, then kernels users have.
 CORE_SHAPES = [
@@ -121,6 +121,7 @@ def _synced(fn):
         import torch
 
         if torch.cuda.is_available():
+
             def run():
                 out = fn()
                 torch.cuda.synchronize()
@@ -176,8 +177,11 @@ def penalty_row(label, shape, dtype, execution, plan, times):
         "iqr_ms": {name: t["iqr_s"] * 1e3 for name, t in times.items()},
         "ours/autodiff": ms["ours"] / ms["autodiff"],
         "ours/floor": ms["ours"] / ms["floor"],
-        **({"layout/floor": ms["floor+layout"] / ms["floor"], "ours/(floor+layout)": ms["ours"] / ms["floor+layout"]}
-           if "floor+layout" in ms else {}),
+        **(
+            {"layout/floor": ms["floor+layout"] / ms["floor"], "ours/(floor+layout)": ms["ours"] / ms["floor+layout"]}
+            if "floor+layout" in ms
+            else {}
+        ),
         "ours_gflops": flops(plan) / ms["ours"] / 1e6,
         "floor_gflops": flops(plan) / ms["floor"] / 1e6,
     }

@@ -91,13 +91,15 @@ def measure(layouts, devices):
             out_shardings=(None, sharding),
         )
         found = collectives_in(step.lower(kernel).compile().as_text())
-        rows.append({
-            "layout": name,
-            "shape": list(shape),
-            "spec": [s or "None" for s in spec],
-            "shard_bytes": 4 * math.prod(shape) // devices,
-            "collectives": summarize(found),
-        })
+        rows.append(
+            {
+                "layout": name,
+                "shape": list(shape),
+                "spec": [s or "None" for s in spec],
+                "shard_bytes": 4 * math.prod(shape) // devices,
+                "collectives": summarize(found),
+            }
+        )
     return rows
 
 
@@ -106,7 +108,8 @@ def markdown(rows, devices):
         f"Collectives in the compiled penalty plus gradient, float32, {devices} devices; "
         "bytes are each op's result on one device.",
         "",
-        "| layout | kernel | spec | shard | all-gather | all-reduce | all-to-all | collective-permute | reduce-scatter |",
+        "| layout | kernel | spec | shard | all-gather | all-reduce | all-to-all | collective-permute "
+        "| reduce-scatter |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

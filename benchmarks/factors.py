@@ -44,7 +44,11 @@ def bert():
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=1000, num_layers=4, num_heads=4, hidden_dim=256, intermediate_dim=1024,
+        vocabulary_size=1000,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=1024,
         max_sequence_length=64,
     )
     tokens = keras.Input((64,), dtype="int32", name="token_ids")
@@ -97,8 +101,11 @@ def measure(name, build):
 
 
 def table(rows):
-    head = (["model", "kernels (per channel)", "data loss"] + [f"{r} x {f:g}" for r in ("sum", "mean") for f in FACTORS]
-            + [f"mean x {FACTORS[-1]:g}, per-channel kernels excluded"])
+    head = (
+        ["model", "kernels (per channel)", "data loss"]
+        + [f"{r} x {f:g}" for r in ("sum", "mean") for f in FACTORS]
+        + [f"mean x {FACTORS[-1]:g}, per-channel kernels excluded"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
         cells = [name, f"{row['kernels']} ({row['per_channel']})", f"{row['data_loss']:.2f}"]

@@ -54,9 +54,9 @@ def check_values(log):
     """Value and gradient on the device against the float64 reference."""
     import keras
     import numpy as np
+    import reference
 
     import keras_ortho
-    import reference
 
     backend = keras.backend.backend()
     rows = []
@@ -81,10 +81,20 @@ def check_values(log):
             value_error = abs(value - expected_value) / abs(expected_value)
             grad_error = np.abs(grad - expected_grad).max() / np.abs(expected_grad).max()
             ok = value_error <= rtol and grad_error <= rtol
-            rows.append({"dtype": dtype, "shape": list(shape), "value_rel_error": value_error,
-                         "grad_rel_error": grad_error, "tolerance": rtol, "ok": bool(ok)})
-            log(f"  {dtype:<8} {str(shape):<16} value {value_error:.1e}  gradient {grad_error:.1e}  "
-                f"{'ok' if ok else 'FAILED'} (tolerance {rtol:g})")
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "shape": list(shape),
+                    "value_rel_error": value_error,
+                    "grad_rel_error": grad_error,
+                    "tolerance": rtol,
+                    "ok": bool(ok),
+                }
+            )
+            log(
+                f"  {dtype:<8} {str(shape):<16} value {value_error:.1e}  gradient {grad_error:.1e}  "
+                f"{'ok' if ok else 'FAILED'} (tolerance {rtol:g})"
+            )
     return rows
 
 
@@ -92,9 +102,9 @@ def check_fit(log):
     """A short fit with OrthoLogger; its records against the reference of the final weights."""
     import keras
     import numpy as np
+    import reference
 
     import keras_ortho
-    import reference
 
     keras.utils.set_random_seed(0)
     ortho = keras_ortho.OrthoRegularizer(0.05)
@@ -105,36 +115,55 @@ def check_fit(log):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     logger = keras_ortho.OrthoLogger(every_n_batches=4)
     rng = np.random.default_rng(0)
-    history = model.fit(rng.normal(size=(256, 16, 32)).astype("float32"), rng.normal(size=(256, 4)).astype("float32"),
-                        epochs=2, batch_size=32, verbose=0, callbacks=[logger])
+    history = model.fit(
+        rng.normal(size=(256, 16, 32)).astype("float32"),
+        rng.normal(size=(256, 4)).astype("float32"),
+        epochs=2,
+        batch_size=32,
+        verbose=0,
+        callbacks=[logger],
+    )
     worst = 0.0
     for v in model.trainable_weights:
         if v.path in logger.errors:
-            expected = reference.slice_errors(
-                v.numpy(), attention_output=v.path.endswith("attention_output/kernel")
-            )
+            expected = reference.slice_errors(v.numpy(), attention_output=v.path.endswith("attention_output/kernel"))
             worst = max(worst, float(np.max(np.abs(logger.errors[v.path][-1] - expected) / expected)))
-    kernel_device = str(getattr(model.trainable_weights[0].value, "device", None) or
-                        model.trainable_weights[0].value.devices())
+    kernel_device = str(
+        getattr(model.trainable_weights[0].value, "device", None) or model.trainable_weights[0].value.devices()
+    )
     ok = worst <= TOLERANCE["float32"] and len(logger.watched_paths) == 5 and len(logger.steps) == 4
-    log(f"  fit: {len(logger.watched_paths)} kernels logged, {len(logger.steps)} batch records, "
-        f"records vs reference {worst:.1e}, weights on {kernel_device}: {'ok' if ok else 'FAILED'}")
-    return {"kernels": len(logger.watched_paths), "batch_records": len(logger.steps), "records_rel_error": worst,
-            "weights_on": kernel_device, "final_loss": history.history["loss"][-1], "ok": bool(ok)}
+    log(
+        f"  fit: {len(logger.watched_paths)} kernels logged, {len(logger.steps)} batch records, "
+        f"records vs reference {worst:.1e}, weights on {kernel_device}: {'ok' if ok else 'FAILED'}"
+    )
+    return {
+        "kernels": len(logger.watched_paths),
+        "batch_records": len(logger.steps),
+        "records_rel_error": worst,
+        "weights_on": kernel_device,
+        "final_loss": history.history["loss"][-1],
+        "ok": bool(ok),
+    }
 
 
 def run_worker(device, quick, out):
-    import keras
-
     import backend_penalty
+    import keras
 
     platform, name = device_name()
     if device == "gpu" and platform != "gpu":
-        raise SystemExit(f"gpu_check: {keras.backend.backend()} sees no GPU (its device: {name}); "
-                         "use --device cpu to run the checks on the CPU")
+        raise SystemExit(
+            f"gpu_check: {keras.backend.backend()} sees no GPU (its device: {name}); "
+            "use --device cpu to run the checks on the CPU"
+        )
     print(f"{keras.backend.backend()} on {name}", flush=True)
-    result = {"backend": keras.backend.backend(), "device": name, "platform": platform,
-              "values": check_values(print), "fit": check_fit(print)}
+    result = {
+        "backend": keras.backend.backend(),
+        "device": name,
+        "platform": platform,
+        "values": check_values(print),
+        "fit": check_fit(print),
+    }
     result["timing"] = backend_penalty.run(quick, dtypes=("float32", "bfloat16"))
     pathlib.Path(out).write_text(json.dumps(result))
 
@@ -147,23 +176,64 @@ def markdown(results, stamp):
     lines += [f"Device: {', '.join(devices)}. {stamp}", ""]
     for r in results:
         values_ok = all(v["ok"] for v in r["values"])
-        lines += [f"## {r['backend']} on {r['device']}", "",
-                  f"Value and gradient against the float64 reference, {len(r['values'])} cases: "
-                  + ("all within tolerance" if values_ok else "FAILED"), "",
-                  markdown_table(["dtype", "shape", "value rel. error", "gradient rel. error", "tolerance"],
-                                 [[v["dtype"], "x".join(map(str, v["shape"])), f"{v['value_rel_error']:.1e}",
-                                   f"{v['grad_rel_error']:.1e}", f"{v['tolerance']:g}"] for v in r["values"]]),
-                  "", f"fit with OrthoLogger: {r['fit']['kernels']} kernels, {r['fit']['batch_records']} batch "
-                  f"records, records vs reference {r['fit']['records_rel_error']:.1e}, weights on "
-                  f"{r['fit']['weights_on']}: {'ok' if r['fit']['ok'] else 'FAILED'}", ""]
+        lines += [
+            f"## {r['backend']} on {r['device']}",
+            "",
+            f"Value and gradient against the float64 reference, {len(r['values'])} cases: "
+            + ("all within tolerance" if values_ok else "FAILED"),
+            "",
+            markdown_table(
+                ["dtype", "shape", "value rel. error", "gradient rel. error", "tolerance"],
+                [
+                    [
+                        v["dtype"],
+                        "x".join(map(str, v["shape"])),
+                        f"{v['value_rel_error']:.1e}",
+                        f"{v['grad_rel_error']:.1e}",
+                        f"{v['tolerance']:g}",
+                    ]
+                    for v in r["values"]
+                ],
+            ),
+            "",
+            f"fit with OrthoLogger: {r['fit']['kernels']} kernels, {r['fit']['batch_records']} batch "
+            f"records, records vs reference {r['fit']['records_rel_error']:.1e}, weights on "
+            f"{r['fit']['weights_on']}: {'ok' if r['fit']['ok'] else 'FAILED'}",
+            "",
+        ]
         t = r["timing"]
-        lines += [markdown_table(
-            ["kernel", "dtype", "ours ms", "autodiff ms", "floor ms", "ours/autodiff", "ours/floor", "ours GFLOP/s"],
-            [[row["kernel"], row["dtype"], f"{row['ms']['ours']:.3f}", f"{row['ms']['autodiff']:.3f}",
-              f"{row['ms']['floor']:.3f}", f"{row['ours/autodiff']:.2f}", f"{row['ours/floor']:.2f}",
-              f"{row['ours_gflops']:.0f}"] for row in t["rows"]]),
-            "", f"Plain square matmul ({t['matmul_size']}x{t['matmul_size']}): "
-            + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in t["matmul_gflops"].items()) + ".", ""]
+        lines += [
+            markdown_table(
+                [
+                    "kernel",
+                    "dtype",
+                    "ours ms",
+                    "autodiff ms",
+                    "floor ms",
+                    "ours/autodiff",
+                    "ours/floor",
+                    "ours GFLOP/s",
+                ],
+                [
+                    [
+                        row["kernel"],
+                        row["dtype"],
+                        f"{row['ms']['ours']:.3f}",
+                        f"{row['ms']['autodiff']:.3f}",
+                        f"{row['ms']['floor']:.3f}",
+                        f"{row['ours/autodiff']:.2f}",
+                        f"{row['ours/floor']:.2f}",
+                        f"{row['ours_gflops']:.0f}",
+                    ]
+                    for row in t["rows"]
+                ],
+            ),
+            "",
+            f"Plain square matmul ({t['matmul_size']}x{t['matmul_size']}): "
+            + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in t["matmul_gflops"].items())
+            + ".",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -193,12 +263,15 @@ def main(argv=None):
         for backend in backends:
             out = os.path.join(directory, f"{backend}.json")
             command = [sys.executable, __file__, "--worker", backend, "--worker-out", out, "--device", args.device]
-            subprocess.run(command + (["--quick"] if args.quick else []), check=True,
-                           env={**env, "KERAS_BACKEND": backend})
+            subprocess.run(
+                command + (["--quick"] if args.quick else []), check=True, env={**env, "KERAS_BACKEND": backend}
+            )
             results.append(json.loads(pathlib.Path(out).read_text()))
     m = harness.machine_stamp()
-    stamp = (f"Run {m['date']}: {m['cpu']} host, Python {m['python']}, Keras {m['keras']}, "
-             f"JAX {m['jax']}, PyTorch {m['torch']}" + ("; quick mode." if args.quick else "."))
+    stamp = (
+        f"Run {m['date']}: {m['cpu']} host, Python {m['python']}, Keras {m['keras']}, "
+        f"JAX {m['jax']}, PyTorch {m['torch']}" + ("; quick mode." if args.quick else ".")
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(results, stamp))
     failed = [r["backend"] for r in results if not (all(v["ok"] for v in r["values"]) and r["fit"]["ok"])]

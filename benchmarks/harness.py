@@ -36,7 +36,7 @@ def median_times(variants, rounds, calls=1, warmup=2):
     names = list(variants)
     samples = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = variants[name]
             start = time.perf_counter()

@@ -20,10 +20,10 @@ def child(variant, rows, cols, calls):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
+    import penalty
     import tensorflow as tf
 
     import keras_ortho
-    import penalty
 
     variable = tf.Variable(tf.random.normal((rows, cols), stddev=rows**-0.5))
     if variant == "ours":
@@ -51,13 +51,17 @@ def child(variant, rows, cols, calls):
         extra.append(tf.config.experimental.get_memory_info(device)["peak"] - before)
         del result
     table_bytes = rows * cols * 4
-    print(json.dumps({
-        "variant": variant,
-        "device": device,
-        "ms": float(np.median(times)) * 1e3,
-        "extra_peak_mib": float(np.median(extra)) / 2**20,
-        "extra_peak_in_tables": float(np.median(extra)) / table_bytes,
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "device": device,
+                "ms": float(np.median(times)) * 1e3,
+                "extra_peak_mib": float(np.median(extra)) / 2**20,
+                "extra_peak_in_tables": float(np.median(extra)) / table_bytes,
+            }
+        )
+    )
 
 
 def run(quick, log=print):
@@ -67,13 +71,18 @@ def run(quick, log=print):
     for variant in VARIANTS:
         output = subprocess.run(
             [sys.executable, os.path.abspath(__file__), variant, str(rows), str(cols), str(calls)],
-            check=True, capture_output=True, text=True, timeout=600,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": here},
         ).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         r = results[-1]
-        log(f"  Embedding({rows}, {cols}) {variant:<9} {r['ms']:8.1f} ms, extra peak memory "
-            f"{r['extra_peak_mib']:7.0f} MiB = {r['extra_peak_in_tables']:.2f} x the table")
+        log(
+            f"  Embedding({rows}, {cols}) {variant:<9} {r['ms']:8.1f} ms, extra peak memory "
+            f"{r['extra_peak_mib']:7.0f} MiB = {r['extra_peak_in_tables']:.2f} x the table"
+        )
     return {"shape": [rows, cols], "table_mib": rows * cols * 4 / 2**20, "rows": results}
 
 

@@ -21,10 +21,9 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from harness import median_times
 
 import keras_ortho
-
-from harness import median_times
 
 
 def build(quick):
@@ -70,7 +69,9 @@ def run(quick, log=print):
 
     fits = median_times(
         {"none": fit([]), **{name: fit([logger]) for name, logger in loggers.items()}},
-        rounds=rounds, calls=1, warmup=0,
+        rounds=rounds,
+        calls=1,
+        warmup=0,
     )
     epoch_ms = fits["none"]["median_s"] * 1e3 / epochs
     step_ms = epoch_ms / steps
@@ -81,7 +82,9 @@ def run(quick, log=print):
             "on_epoch_end": lambda: loggers["epoch"].on_epoch_end(epochs, logs),
             "on_train_batch_end": lambda: loggers["batch"].on_train_batch_end(0, logs),
         },
-        rounds=rounds, calls=20, warmup=2,
+        rounds=rounds,
+        calls=20,
+        warmup=2,
     )
     epoch_hook_ms = hooks["on_epoch_end"]["median_s"] * 1e3
     batch_hook_ms = hooks["on_train_batch_end"]["median_s"] * 1e3

@@ -20,15 +20,15 @@ Used by `run.py`, section `norms`.
 
 import time
 
+import backend_penalty as bp
 import numpy as np
+from harness import median_times
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _math, ops as ortho_ops
+from keras_ortho import _math
+from keras_ortho import ops as ortho_ops
 from keras_ortho._slicing import plan_slices
-
-import backend_penalty as bp
-from harness import median_times
 
 SHAPES = [
     ("Dense 1024x1024", (1024, 1024)),
@@ -92,9 +92,7 @@ def measure_projections(label, shape, rounds, calls):
     """ms of one `OrthoConstraint` projection per method, and the L1 penalty plus gradient."""
     rng = np.random.default_rng(0)
     w = ops.convert_to_tensor(rng.normal(scale=shape[0] ** -0.5, size=shape).astype("float32"))
-    variants = {
-        method: bp._compiled(keras_ortho.OrthoConstraint(method=method), w) for method in _math.PROJECTIONS
-    }
+    variants = {method: bp._compiled(keras_ortho.OrthoConstraint(method=method), w) for method in _math.PROJECTIONS}
     variants["l1 penalty"] = bp._value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR), w)
     times = median_times({name: bp._synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)
     ms = {name: t["median_s"] * 1e3 for name, t in times.items()}
@@ -112,11 +110,15 @@ def run(quick, log=print):
     for label, shape in QUICK_SHAPES if quick else SHAPES:
         for norm in _math.NORMS:
             row = measure(label, shape, norm, rounds, calls)
-            log(f"  {label:<22} {norm:<10} ours {row['ms']['ours']:8.2f} ms  ours/autodiff "
-                f"{row['ours/autodiff']:.2f}  ours/floor {row['ours/floor']:.2f}")
+            log(
+                f"  {label:<22} {norm:<10} ours {row['ms']['ours']:8.2f} ms  ours/autodiff "
+                f"{row['ours/autodiff']:.2f}  ours/floor {row['ours/floor']:.2f}"
+            )
             rows.append(row)
         row = measure_projections(label, shape, rounds, calls)
-        log(f"  {label:<22} constraint svd {row['ms']['svd']:.2f} ms, newton_schulz "
-            f"{row['ms']['newton_schulz']:.2f} ms, l1 penalty {row['ms']['l1 penalty']:.2f} ms")
+        log(
+            f"  {label:<22} constraint svd {row['ms']['svd']:.2f} ms, newton_schulz "
+            f"{row['ms']['newton_schulz']:.2f} ms, l1 penalty {row['ms']['l1 penalty']:.2f} ms"
+        )
         projections.append(row)
     return {"rows": rows, "projections": projections, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -26,14 +26,13 @@ import contextlib
 
 import keras
 import tensorflow as tf
+from backend_penalty import CORE_SHAPES, FACTOR, LAYER_SHAPES, QUICK_SHAPES, penalty_row, slice_axis_for
+from harness import median_times
 
 import keras_ortho
 from keras_ortho import _math, ops
 from keras_ortho._backend import tensorflow as tf_backend
 from keras_ortho._slicing import plan_slices
-
-from backend_penalty import CORE_SHAPES, FACTOR, LAYER_SHAPES, QUICK_SHAPES, penalty_row, slice_axis_for
-from harness import median_times
 
 
 def autodiff_penalty(w, slice_axis):
@@ -94,20 +93,14 @@ def measure_shape(label, shape, dtype, execution, rounds, calls, block_variants=
 
     variants = {
         "ours": _compile(
-            _value_and_grad(
-                lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), variable
-            ),
+            _value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), variable),
             execution,
         ),
-        "autodiff": _compile(
-            _value_and_grad(lambda v: autodiff_penalty(v, slice_axis), variable), execution
-        ),
+        "autodiff": _compile(_value_and_grad(lambda v: autodiff_penalty(v, slice_axis), variable), execution),
     }
     if block_variants and plan.gram_size >= tf_backend._BLOCKED_FROM:
         for name, size in BLOCK_VARIANTS.items():
-            ours = _value_and_grad(
-                lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), variable
-            )
+            ours = _value_and_grad(lambda v: keras_ortho.ortho_penalty(v, FACTOR, slice_axis=slice_axis), variable)
             variants[name] = _with_gram_block(_compile(ours, execution), size)
     failed = {}
     if len(shape) == 2:

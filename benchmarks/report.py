@@ -16,30 +16,54 @@ def _ms(row, name):
 
 def penalty_table(section, only=None):
     headers = [
-        "kernel", "dtype", "exec", "slices x Gram", "ours ms", "autodiff ms", "keras ms",
-        "floor ms", "ours/autodiff", "ours/floor", "ours GFLOP/s",
+        "kernel",
+        "dtype",
+        "exec",
+        "slices x Gram",
+        "ours ms",
+        "autodiff ms",
+        "keras ms",
+        "floor ms",
+        "ours/autodiff",
+        "ours/floor",
+        "ours GFLOP/s",
     ]
     rows = [
         [
-            r["kernel"], r["dtype"], r["execution"],
+            r["kernel"],
+            r["dtype"],
+            r["execution"],
             f"{r['slices']} x {r['mode']}",
-            _ms(r, "ours"), _ms(r, "autodiff"), _ms(r, "keras"), _ms(r, "floor"),
-            f"{r['ours/autodiff']:.2f}", f"{r['ours/floor']:.2f}", f"{r['ours_gflops']:.0f}",
+            _ms(r, "ours"),
+            _ms(r, "autodiff"),
+            _ms(r, "keras"),
+            _ms(r, "floor"),
+            f"{r['ours/autodiff']:.2f}",
+            f"{r['ours/floor']:.2f}",
+            f"{r['ours_gflops']:.0f}",
         ]
         for r in section["rows"]
         if only is None or only(r)
     ]
-    failures = sorted({f"{name}: {message}" for r in section["rows"] if only is None or only(r)
-                       for name, message in r.get("failed", {}).items()})
+    failures = sorted(
+        {
+            f"{name}: {message}"
+            for r in section["rows"]
+            if only is None or only(r)
+            for name, message in r.get("failed", {}).items()
+        }
+    )
     note = "".join(f"\n\n`fails`: {failure}" for failure in failures)
     return markdown_table(headers, rows) + note
 
 
 def yardstick(section, name="tf.matmul"):
     n = section["matmul_size"]
-    return f"Plain square `{name}` ({n}x{n} by {n}x{n}) in the same run: " + ", ".join(
-        f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in section["matmul_gflops"].items()
-    ) + "."
+    return (
+        f"Plain square `{name}` ({n}x{n} by {n}x{n}) in the same run: "
+        + ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in section["matmul_gflops"].items())
+        + "."
+    )
 
 
 def backends_table(by_backend):
@@ -62,9 +86,7 @@ def backends_table(by_backend):
                 f"**{floor:.2f}**" if floor > TARGET_FLOOR else f"{floor:.2f}",
             ]
         rows.append(cells)
-    sticks = " ".join(
-        f"{b}: " + yardstick(by_backend[b], "matmul") for b in backends
-    )
+    sticks = " ".join(f"{b}: " + yardstick(by_backend[b], "matmul") for b in backends)
     return markdown_table(headers, rows) + "\n\n" + sticks
 
 
@@ -73,7 +95,8 @@ def blocks_table(section):
     names = ("unblocked", "blocks 128", "blocks 512")
     rows = [
         [r["kernel"], f"{r['ours/floor']:.3f}"] + [f"{r[f'{n}/floor']:.3f}" for n in names]
-        for r in section["rows"] if "unblocked/floor" in r
+        for r in section["rows"]
+        if "unblocked/floor" in r
     ]
     if not rows:
         return ""
@@ -81,27 +104,46 @@ def blocks_table(section):
 
 
 def training_table(section):
-    headers = ["model", "none ms", "L2 ms", "Keras Orthogonal (rank-2 kernels) ms",
-               "OrthoRegularizer (every kernel) ms"]
+    headers = [
+        "model",
+        "none ms",
+        "L2 ms",
+        "Keras Orthogonal (rank-2 kernels) ms",
+        "OrthoRegularizer (every kernel) ms",
+    ]
     rows = []
     for r in section["rows"]:
         n, o, iqr = r["regularized_kernels"], r["overhead"], r["iqr_ms"]
         rows.append(
             [r["model"], f"{r['ms']['none']:.2f} +- {iqr['none']:.2f}"]
-            + [f"{r['ms'][v]:.2f} +- {iqr[v]:.2f} ({o[v]:+.1%}, {n[v]} kernels)"
-               for v in ("l2", "keras_orthogonal", "ortho")]
+            + [
+                f"{r['ms'][v]:.2f} +- {iqr[v]:.2f} ({o[v]:+.1%}, {n[v]} kernels)"
+                for v in ("l2", "keras_orthogonal", "ortho")
+            ]
         )
-    return markdown_table(headers, rows) + "\n\nMedian step time +- interquartile range; in brackets the change against no regularizer and how many kernels each regularizes.\n"
+    return (
+        markdown_table(headers, rows)
+        + "\n\nMedian step time +- interquartile range; in brackets the change against no regularizer "
+        "and how many kernels each regularizes.\n"
+    )
 
 
 def logger_table(section):
     s = section
     headers = ["record", "hook ms", "share", "target"]
     rows = [
-        ["per epoch (`OrthoLogger()`)", f"{s['on_epoch_end_ms']:.2f}",
-         f"{s['epoch_overhead']:.2%} of a {s['epoch_ms']:.0f} ms epoch", "< 1%"],
-        ["every batch (`every_n_batches=1`)", f"{s['on_train_batch_end_ms']:.2f}",
-         f"{s['batch_overhead']:.2%} of a {s['step_ms']:.1f} ms step", "< 10%"],
+        [
+            "per epoch (`OrthoLogger()`)",
+            f"{s['on_epoch_end_ms']:.2f}",
+            f"{s['epoch_overhead']:.2%} of a {s['epoch_ms']:.0f} ms epoch",
+            "< 1%",
+        ],
+        [
+            "every batch (`every_n_batches=1`)",
+            f"{s['on_train_batch_end_ms']:.2f}",
+            f"{s['batch_overhead']:.2%} of a {s['step_ms']:.1f} ms step",
+            "< 10%",
+        ],
     ]
     fits = ", ".join(f"{k} {s['fit_ms'][k]:.0f} +- {s['fit_iqr_ms'][k]:.0f}" for k in s["fit_ms"])
     setup = ", ".join(f"{k} {v:.0f} ms" for k, v in s["setup_ms"].items())
@@ -133,13 +175,17 @@ def versions(m):
 
 def layout_table(by_backend):
     """For slices along a middle axis: how much of ours/floor is the layout change itself."""
-    lines = ["| kernel | backend | ours/floor | (floor + layout change)/floor | ours/(floor + layout change) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| kernel | backend | ours/floor | (floor + layout change)/floor | ours/(floor + layout change) |",
+        "|---|---|---|---|---|",
+    ]
     for backend, section in by_backend.items():
         for r in section["rows"]:
             if "layout/floor" in r:
-                lines.append(f"| {r['kernel']} | {backend} ({r['execution']}) | {r['ours/floor']:.2f} "
-                             f"| {r['layout/floor']:.2f} | {r['ours/(floor+layout)']:.2f} |")
+                lines.append(
+                    f"| {r['kernel']} | {backend} ({r['execution']}) | {r['ours/floor']:.2f} "
+                    f"| {r['layout/floor']:.2f} | {r['ours/(floor+layout)']:.2f} |"
+                )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -153,7 +199,7 @@ def steps_table(by_backend):
     for backend, section in by_backend.items():
         for r in section["rows"]:
             ms, iqr = r["ms"], r["iqr_ms"]
-            cell = lambda v: f"{ms[v]:.1f} (IQR {iqr[v]:.1f})"  # noqa: E731
+            cell = lambda v, ms=ms, iqr=iqr: f"{ms[v]:.1f} (IQR {iqr[v]:.1f})"  # noqa: E731
             lines.append(
                 f"| {backend} ({r['execution']}) | {r['model']} | {r['kernels']} | {cell('plain')} | {cell('ortho')} "
                 f"| {cell('lazy')} | {cell('penalty')} | {r['ortho_over_plain']:.2f} | {r['lazy_over_plain']:.2f} "
@@ -174,30 +220,43 @@ def norms_table(by_backend):
         for r in section["rows"]:
             if r["norm"] not in norms:
                 norms.append(r["norm"])
-    lines = ["| backend | kernel | " + " | ".join(f"{n}: ms, /autodiff, /floor" for n in norms) + " |",
-             "|---|---|" + "---|" * len(norms)]
+    lines = [
+        "| backend | kernel | " + " | ".join(f"{n}: ms, /autodiff, /floor" for n in norms) + " |",
+        "|---|---|" + "---|" * len(norms),
+    ]
     for backend, section in by_backend.items():
         kernels = list(dict.fromkeys(r["kernel"] for r in section["rows"]))
         for kernel in kernels:
             cells = {r["norm"]: r for r in section["rows"] if r["kernel"] == kernel}
-            lines.append(f"| {backend} | {kernel} | " + " | ".join(
-                f"{cells[n]['ms']['ours']:.2f} (IQR {cells[n]['iqr_ms']['ours']:.2f}), "
-                f"{_flag(cells[n]['ours/autodiff'], TARGET_NORM_AUTODIFF)}, {cells[n]['ours/floor']:.2f}"
-                if n in cells else "-"
-                for n in norms) + " |")
+            lines.append(
+                f"| {backend} | {kernel} | "
+                + " | ".join(
+                    f"{cells[n]['ms']['ours']:.2f} (IQR {cells[n]['iqr_ms']['ours']:.2f}), "
+                    f"{_flag(cells[n]['ours/autodiff'], TARGET_NORM_AUTODIFF)}, {cells[n]['ours/floor']:.2f}"
+                    if n in cells
+                    else "-"
+                    for n in norms
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def projections_table(by_backend):
     """One row per backend and kernel: ms of one OrthoConstraint projection per method, and per L1 penalty."""
-    lines = ["| backend | kernel | svd ms | newton_schulz ms | L1 penalty + gradient ms | svd / penalty "
-             "| newton_schulz / penalty |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| backend | kernel | svd ms | newton_schulz ms | L1 penalty + gradient ms | svd / penalty "
+        "| newton_schulz / penalty |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for backend, section in by_backend.items():
         for r in section.get("projections", []):
             ms, iqr = r["ms"], r["iqr_ms"]
-            cell = lambda v: f"{ms[v]:.2f} (IQR {iqr[v]:.2f})"  # noqa: E731
-            lines.append(f"| {backend} | {r['kernel']} | {cell('svd')} | {cell('newton_schulz')} | {cell('l1 penalty')} "
-                         f"| {r['svd/l1 penalty']:.1f} | {r['newton_schulz/l1 penalty']:.1f} |")
+            cell = lambda v, ms=ms, iqr=iqr: f"{ms[v]:.2f} (IQR {iqr[v]:.2f})"  # noqa: E731
+            lines.append(
+                f"| {backend} | {r['kernel']} | {cell('svd')} | {cell('newton_schulz')} | {cell('l1 penalty')} "
+                f"| {r['svd/l1 penalty']:.1f} | {r['newton_schulz/l1 penalty']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -207,7 +266,8 @@ def markdown(results):
         "# keras_ortho benchmark results",
         "",
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, no GPU), Python {m['python']}, "
-        + versions(m) + "."
+        + versions(m)
+        + "."
         + (" Quick mode: tiny sizes, few rounds; not for quoting." if results["quick"] else ""),
         "",
         "Medians over interleaved rounds in one process per backend; ratios are of medians. "
@@ -216,58 +276,81 @@ def markdown(results):
     ]
     if results.get("backends"):
         parts += [
-            "## Penalty plus gradient on each backend, float32", "",
+            "## Penalty plus gradient on each backend, float32",
+            "",
             "TensorFlow in graph mode (`tf.function`), JAX under `jax.jit`, PyTorch eagerly; "
-            "each backend in its own process.", "",
-            backends_table(results["backends"]), "",
+            "each backend in its own process.",
+            "",
+            backends_table(results["backends"]),
+            "",
         ]
         layout = layout_table(results["backends"])
         if layout:
             parts += [
-                "### Slices along a middle axis: the layout change, measured", "",
+                "### Slices along a middle axis: the layout change, measured",
+                "",
                 "The floor multiplies a stack already laid out as `(slices, rows, cols)`. A weight "
                 "`(l, m, n)` sliced along axis 1 must be moved to that layout and its gradient moved "
-                "back; `floor + layout change` does exactly that around the floor's two products.", "",
-                layout, "",
+                "back; `floor + layout change` does exactly that around the floor's two products.",
+                "",
+                layout,
+                "",
             ]
     if "penalty" in results:
         section = results["penalty"]
         parts += [
-            "## TensorFlow: penalty plus gradient, float32, graph mode", "",
+            "## TensorFlow: penalty plus gradient, float32, graph mode",
+            "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) == ("float32", "graph")),
-            "", yardstick(section), "",
-            "### Symmetric Gram: block side", "",
+            "",
+            yardstick(section),
+            "",
+            "### Symmetric Gram: block side",
+            "",
             "Grams of side >= 1024 are built from their upper block triangle "
             "(`keras_ortho/_backend/tensorflow.py`); the same penalty and gradient with other block sides:",
-            "", blocks_table(section), "",
-            "## TensorFlow: penalty plus gradient, other dtypes and execution modes", "",
+            "",
+            blocks_table(section),
+            "",
+            "## TensorFlow: penalty plus gradient, other dtypes and execution modes",
+            "",
             penalty_table(section, lambda r: (r["dtype"], r["execution"]) != ("float32", "graph")),
             "",
         ]
     if results.get("norms"):
         parts += [
-            "## Every norm: penalty plus gradient on each backend, float32", "",
+            "## Every norm: penalty plus gradient on each backend, float32",
+            "",
             "`ours` is `ortho_penalty(w, norm=...)` with its closed-form gradient; `autodiff` the same formula "
-            "in plain `keras.ops` left to the backend's autodiff (\"double\" building both Grams as its formula "
-            "reads, \"spectral\" differentiating through the same 32 power-iteration steps); `floor` the Gram "
+            'in plain `keras.ops` left to the backend\'s autodiff ("double" building both Grams as its formula '
+            'reads, "spectral" differentiating through the same 32 power-iteration steps); `floor` the Gram '
             f"and one gradient product on the laid-out stack. Target: ours/autodiff <= {TARGET_NORM_AUTODIFF} "
             "(bold where missed). Each cell: ours ms (IQR), ours/autodiff, ours/floor."
-            + "".join(f" Measured {d} (after the sections above)." for d in
-                      sorted({s["measured"][:10] for s in results["norms"].values() if "measured" in s})),
+            + "".join(
+                f" Measured {d} (after the sections above)."
+                for d in sorted({s["measured"][:10] for s in results["norms"].values() if "measured" in s})
+            ),
             "",
-            norms_table(results["norms"]), "",
-            "### The hard constraint: one projection per optimizer step", "",
+            norms_table(results["norms"]),
+            "",
+            "### The hard constraint: one projection per optimizer step",
+            "",
             "`OrthoConstraint` on the same kernels, compiled the same way: one projection (what Keras runs "
-            "after each step) per method, against the L1 penalty plus gradient.", "",
-            projections_table(results["norms"]), "",
+            "after each step) per method, against the L1 penalty plus gradient.",
+            "",
+            projections_table(results["norms"]),
+            "",
         ]
     if results.get("steps"):
         parts += [
-            "## Training step of real models, on each backend", "",
+            "## Training step of real models, on each backend",
+            "",
             "Per step, from `fit` epochs of 16 steps (so `lazy` holds one regularized step); "
             "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it; "
-            "`overhead/penalty alone` is `(regularized - plain) / penalty alone`.", "",
-            steps_table(results["steps"]), "",
+            "`overhead/penalty alone` is `(regularized - plain) / penalty alone`.",
+            "",
+            steps_table(results["steps"]),
+            "",
         ]
     if "training" in results:
         parts += ["## Training step", "", training_table(results["training"]), ""]
@@ -277,7 +360,12 @@ def markdown(results):
         parts += ["## Huge kernel", "", huge_table(results["huge"]), ""]
     if "collectives" in results:
         section = results["collectives"]
-        parts += ["## JAX: collectives per sharding layout", "", collectives.markdown(section["rows"], section["devices"]), ""]
+        parts += [
+            "## JAX: collectives per sharding layout",
+            "",
+            collectives.markdown(section["rows"], section["devices"]),
+            "",
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -290,14 +378,18 @@ def chart(results, path):
         return False
     figure = Figure(figsize=(6.5 * len(panels), 4.6), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, key in zip(axes, panels):
+    for ax, key in zip(axes, panels, strict=True):
         if key == "backends":
             by_backend = results["backends"]
             labels = [r["kernel"] for r in next(iter(by_backend.values()))["rows"]]
             width = 0.8 / len(by_backend)
             for j, (backend, section) in enumerate(by_backend.items()):
-                ax.barh([i + (j - (len(by_backend) - 1) / 2) * width for i in range(len(labels))],
-                        [r["ours/floor"] for r in section["rows"]], width, label=f"{backend} ({EXECUTION[backend]})")
+                ax.barh(
+                    [i + (j - (len(by_backend) - 1) / 2) * width for i in range(len(labels))],
+                    [r["ours/floor"] for r in section["rows"]],
+                    width,
+                    label=f"{backend} ({EXECUTION[backend]})",
+                )
             ax.axvline(TARGET_FLOOR, color="black", linestyle="--", linewidth=1)
             ax.axvline(1.0, color="grey", linewidth=0.8)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -306,8 +398,9 @@ def chart(results, path):
             ax.set_title("penalty + gradient, float32, per backend")
             ax.legend(fontsize=8, loc="lower right")
         elif key == "penalty":
-            rows = [r for r in results["penalty"]["rows"]
-                    if (r["dtype"], r["execution"]) == ("float32", "graph")] or results["penalty"]["rows"]
+            rows = [
+                r for r in results["penalty"]["rows"] if (r["dtype"], r["execution"]) == ("float32", "graph")
+            ] or results["penalty"]["rows"]
             labels = [r["kernel"] for r in rows]
             y = range(len(rows))
             ax.barh([i - 0.2 for i in y], [r["ours/autodiff"] for r in rows], 0.4, label="ours / autodiff")
@@ -323,17 +416,23 @@ def chart(results, path):
         else:
             rows = results["training"]["rows"]
             variants = ("l2", "keras_orthogonal", "ortho")
-            names = {"l2": "Keras L2 (all)", "keras_orthogonal": "Keras Orthogonal (rank 2)",
-                     "ortho": "OrthoRegularizer (all)"}
+            names = {
+                "l2": "Keras L2 (all)",
+                "keras_orthogonal": "Keras Orthogonal (rank 2)",
+                "ortho": "OrthoRegularizer (all)",
+            }
             for j, v in enumerate(variants):
-                ax.bar([i + (j - 1) * 0.27 for i in range(len(rows))],
-                       [100 * r["overhead"][v] for r in rows], 0.27, label=names[v])
+                ax.bar(
+                    [i + (j - 1) * 0.27 for i in range(len(rows))],
+                    [100 * r["overhead"][v] for r in rows],
+                    0.27,
+                    label=names[v],
+                )
             ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
             ax.axhline(0, color="grey", linewidth=0.8)
             ax.set_ylabel("training-step overhead vs no regularizer (%)")
             ax.set_title("training step")
             ax.legend(fontsize=8)
     m = results["machine"]
-    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {m['date']}",
-                    fontsize=10)
+    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {m['date']}", fontsize=10)
     figure.savefig(path, dpi=100)

@@ -61,8 +61,16 @@ def spawn(backend, sections, quick):
     """Runs `sections` in a new process on `backend`; returns its results."""
     with tempfile.TemporaryDirectory() as directory:
         out = pathlib.Path(directory) / "worker.json"
-        command = [sys.executable, str(HERE / "run.py"), "--worker", backend, "--sections", ",".join(sections),
-                   "--worker-out", str(out)] + (["--quick"] if quick else [])
+        command = [
+            sys.executable,
+            str(HERE / "run.py"),
+            "--worker",
+            backend,
+            "--sections",
+            ",".join(sections),
+            "--worker-out",
+            str(out),
+        ] + (["--quick"] if quick else [])
         subprocess.run(command, check=True, env={**os.environ, "KERAS_BACKEND": backend})
         return json.loads(out.read_text())
 
@@ -70,10 +78,10 @@ def spawn(backend, sections, quick):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="keras_ortho benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few rounds")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated Keras backends (default: each one installed)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)"
+    )
+    parser.add_argument("--backends", default=None, help="comma-separated Keras backends (default: each one installed)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=pathlib.Path, help=argparse.SUPPRESS)

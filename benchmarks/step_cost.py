@@ -26,10 +26,9 @@ import warnings
 
 import keras
 import numpy as np
+from harness import EXECUTION, median_times
 
 import keras_ortho
-
-from harness import EXECUTION, median_times
 
 STEPS = 16  # timed steps per fit: one lazy period
 EVERY = 16
@@ -64,12 +63,17 @@ def bert(quick):
 
     layers, width, length, batch = (1, 32, 16, 4) if quick else (4, 256, 128, 16)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=1000, num_layers=layers, num_heads=4, hidden_dim=width, intermediate_dim=4 * width,
+        vocabulary_size=1000,
+        num_layers=layers,
+        num_heads=4,
+        hidden_dim=width,
+        intermediate_dim=4 * width,
         max_sequence_length=length,
     )
     tokens = keras.Input((length,), dtype="int32")
-    features = backbone({"token_ids": tokens, "segment_ids": keras.ops.zeros_like(tokens),
-                         "padding_mask": keras.ops.ones_like(tokens)})["pooled_output"]
+    features = backbone(
+        {"token_ids": tokens, "segment_ids": keras.ops.zeros_like(tokens), "padding_mask": keras.ops.ones_like(tokens)}
+    )["pooled_output"]
     model = keras.Model(tokens, keras.layers.Dense(2)(features))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 1000, size=(2 * STEPS * batch, length)).astype("int32")
@@ -120,7 +124,7 @@ def _penalty_alone(model):
         import jax
 
         def of_values(values):
-            with keras.StatelessScope(list(zip(kernels, values))):
+            with keras.StatelessScope(list(zip(kernels, values, strict=True))):
                 return total(kernels)
 
         step = jax.jit(jax.value_and_grad(of_values))
@@ -175,7 +179,7 @@ def interleaved(calls, rounds):
     names = list(calls)
     samples = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             samples[name].append(calls[name]())
     return {n: (float(np.median(s)), float(np.subtract(*np.percentile(s, [75, 25])))) for n, s in samples.items()}
 
@@ -209,8 +213,10 @@ def run(quick, log=print):
             "matmul_gflops": yardstick,
         }
         row["penalty_over_matmul"] = row["penalty_gflops"] / yardstick
-        log(f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
+        log(
+            f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
             f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}; "
-            f"penalty {row['penalty_gflops']:.0f} GFLOP/s, matmul {yardstick:.0f}")
+            f"penalty {row['penalty_gflops']:.0f} GFLOP/s, matmul {yardstick:.0f}"
+        )
         rows.append(row)
     return {"rows": rows, "steps_per_call": STEPS, "every": EVERY}

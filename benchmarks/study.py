@@ -96,7 +96,7 @@ def attach(model, variant, include, data_loss):
     for v in kernels:
         v.assign(glorot(v.shape, v.dtype))
     penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
-    for v, value in zip(kernels, initial):
+    for v, value in zip(kernels, initial, strict=True):
         v.assign(value)
     factor = CALIBRATION * data_loss / penalty
     put(factor)
@@ -227,8 +227,11 @@ def transformer(variant, seed, quick):
     # Keras's regularizer takes no rank-3 kernel: every attention kernel is one.
     factor = None if variant == "keras" else attach(model, variant, "*attention*", data_loss)
     model.fit(x, y, epochs=1 if quick else 8, batch_size=64, verbose=0)
-    return {"factor": factor, "accuracy": model.evaluate(x_test, y_test, verbose=0)[1],
-            "head_similarity": head_similarity(model)}
+    return {
+        "factor": factor,
+        "accuracy": model.evaluate(x_test, y_test, verbose=0)[1],
+        "head_similarity": head_similarity(model),
+    }
 
 
 TASKS = {"deep_mlp": deep_mlp, "adding": adding, "transformer": transformer}
@@ -249,8 +252,10 @@ def summarize(runs):
                 cell.setdefault(metric, []).append(value)
         cell.setdefault("seconds", []).append(run["seconds"])
     return {
-        task: {variant: {m: (float(np.mean(v)), float(np.std(v))) for m, v in cells.items()}
-               for variant, cells in variants.items()}
+        task: {
+            variant: {m: (float(np.mean(v)), float(np.std(v))) for m, v in cells.items()}
+            for variant, cells in variants.items()
+        }
         for task, variants in table.items()
     }
 
@@ -267,11 +272,18 @@ def markdown(summary, meta):
     columns = {
         "deep_mlp": [("accuracy", "test accuracy", "{:.3f}"), ("grad_first/last", "grad norm first/last", "{:.3g}")],
         "adding": [("mse", "test MSE (predicting 1: 0.167)", "{:.4f}")],
-        "transformer": [("accuracy", "test accuracy", "{:.3f}"), ("head_similarity", "mean abs cosine between heads", "{:.3f}")],
+        "transformer": [
+            ("accuracy", "test accuracy", "{:.3f}"),
+            ("head_similarity", "mean abs cosine between heads", "{:.3f}"),
+        ],
     }
     for task, variants in summary.items():
-        lines += [f"## {task}", "", "| variant | " + " | ".join(title for _, title, _ in columns[task]) + " | seconds |",
-                  "|---|" + "---|" * (len(columns[task]) + 1)]
+        lines += [
+            f"## {task}",
+            "",
+            "| variant | " + " | ".join(title for _, title, _ in columns[task]) + " | seconds |",
+            "|---|" + "---|" * (len(columns[task]) + 1),
+        ]
         for variant in VARIANTS:
             if (task, variant) in NOT_APPLICABLE:
                 lines.append(f"| {variant} | " + " | ".join("n/a (rank-3 kernels)" for _ in columns[task]) + " | - |")
@@ -288,11 +300,14 @@ def markdown(summary, meta):
 def chart(summary, path):
     from matplotlib.figure import Figure
 
-    panels = [("deep_mlp", "accuracy", "deep MLP: test accuracy"), ("adding", "mse", "adding T=100: test MSE"),
-              ("transformer", "accuracy", "transformer: test accuracy")]
+    panels = [
+        ("deep_mlp", "accuracy", "deep MLP: test accuracy"),
+        ("adding", "mse", "adding T=100: test MSE"),
+        ("transformer", "accuracy", "transformer: test accuracy"),
+    ]
     panels = [panel for panel in panels if panel[0] in summary]  # `--tasks` may leave some out
     figure = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")
-    for ax, (task, metric, title) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    for ax, (task, metric, title) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         variants = [v for v in VARIANTS if v in summary.get(task, {})]
         means = [summary[task][v][metric][0] for v in variants]
         stds = [summary[task][v][metric][1] for v in variants]
@@ -304,8 +319,8 @@ def chart(summary, path):
             ax.axhline(1 / 6, color="0.3", linestyle="--", linewidth=1)
             ax.text(len(variants) - 0.5, 1 / 6, "predict 1", ha="right", va="bottom", fontsize=8)
         else:
-            low = min(m - s for m, s in zip(means, stds))
-            ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.03))
+            low = min(m - s for m, s in zip(means, stds, strict=True))
+            ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds, strict=True)) + 0.03))
     figure.savefig(path, dpi=100)
 
 
@@ -333,8 +348,12 @@ def main(argv=None):
                 seconds = time.perf_counter() - start
                 runs.append({"task": task, "variant": variant, "seed": seed, "metrics": metrics, "seconds": seconds})
                 print(f"{task:<12} {variant:<10} seed {seed}  {metrics}  {seconds:.1f}s", flush=True)
-    meta = {"backend": keras.backend.backend(), "seeds": seeds, "quick": args.quick,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Keras {keras.__version__}"}
+    meta = {
+        "backend": keras.backend.backend(),
+        "seeds": seeds,
+        "quick": args.quick,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Keras {keras.__version__}",
+    }
     summary = summarize(runs)
     stem = "study_quick" if args.quick else "study"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": runs, "summary": summary}, indent=1))

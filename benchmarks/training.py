@@ -16,10 +16,9 @@ A step is one `train_on_batch` call on tensors already in memory (graph mode,
 import keras
 import numpy as np
 import tensorflow as tf
+from harness import median_times
 
 import keras_ortho
-
-from harness import median_times
 
 VARIANTS = ("none", "l2", "keras_orthogonal", "ortho")
 
@@ -39,9 +38,7 @@ def transformer_block(variant, quick):
     dense_reg, other_reg = _regularizers(variant)
     length, width, heads = (16, 32, 2) if quick else (64, 256, 8)
     inputs = keras.Input((length, width))
-    attention = keras.layers.MultiHeadAttention(
-        heads, width // heads, kernel_regularizer=other_reg
-    )(inputs, inputs)
+    attention = keras.layers.MultiHeadAttention(heads, width // heads, kernel_regularizer=other_reg)(inputs, inputs)
     x = keras.layers.LayerNormalization()(inputs + attention)
     hidden = keras.layers.Dense(4 * width, activation="gelu", kernel_regularizer=dense_reg)(x)
     x = keras.layers.LayerNormalization()(x + keras.layers.Dense(width, kernel_regularizer=dense_reg)(hidden))
@@ -68,9 +65,7 @@ MODELS = {"Transformer block": transformer_block, "small CNN": small_cnn}
 def _step_function(build, variant, quick):
     keras.utils.set_random_seed(0)
     model, (x_shape, y_shape) = build(variant, quick)
-    model.compile(
-        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=x_shape).astype("float32"))
     y = tf.constant(rng.integers(0, 10, size=y_shape))
@@ -94,9 +89,6 @@ def run(quick, log=print):
             "regularized_kernels": regularized,
             "overhead": {v: ms[v] / ms["none"] - 1 for v in VARIANTS if v != "none"},
         }
-        log(
-            f"  {name:<18} step ms: "
-            + ", ".join(f"{v} {ms[v]:.2f} ({regularized[v]} reg.)" for v in VARIANTS)
-        )
+        log(f"  {name:<18} step ms: " + ", ".join(f"{v} {ms[v]:.2f} ({regularized[v]} reg.)" for v in VARIANTS))
         rows.append(row)
     return {"rows": rows}

@@ -62,8 +62,13 @@ def train(regularizer, data, epochs, callbacks=()):
     )
     logger = keras_ortho.OrthoLogger(weights=CONV_KERNELS)
     history = model.fit(
-        x_train, y_train, validation_data=(x_test, y_test),
-        epochs=epochs, batch_size=32, verbose=0, callbacks=[*callbacks, logger],
+        x_train,
+        y_train,
+        validation_data=(x_test, y_test),
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        callbacks=[*callbacks, logger],
     )
     return history.history["val_accuracy"][-1], logger
 
@@ -99,8 +104,7 @@ def main(argv=None):
 
     plot_path = args.out / "cnn_errors.png"
     keras_ortho.plot_errors(
-        {f"{name}: {path}": logger.errors[path] for name, (_, logger) in results.items()
-         for path in CONV_KERNELS},
+        {f"{name}: {path}": logger.errors[path] for name, (_, logger) in results.items() for path in CONV_KERNELS},
         plot_path,
         title="Conv kernels: " + ", ".join(results) + " (top to bottom)",
     )

@@ -120,7 +120,12 @@ def regularize_keras_hub_backbone(out):
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=100, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64, max_sequence_length=16,
+        vocabulary_size=100,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
     )
     # Its constructor takes no kernel_regularizer; `regularize` reaches the layers inside.
     paths = keras_ortho.regularize(backbone, keras_ortho.OrthoRegularizer(0.01), include="*attention*")

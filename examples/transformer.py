@@ -31,7 +31,7 @@ def make_data(count, rng):
     """Token sequences; label 1 when the first token appears again later."""
     tokens = rng.integers(0, VOCAB, size=(count, LENGTH))
     labels = rng.random(count) < 0.5
-    for row, positive in zip(tokens, labels):
+    for row, positive in zip(tokens, labels, strict=True):
         rest = row[1:]
         rest[rest == row[0]] = (row[0] + 1) % VOCAB  # remove every repeat first
         if positive:

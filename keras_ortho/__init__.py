@@ -22,7 +22,7 @@ Beneath them:
     _keras_compat.py every reliance on Keras beyond its public API
 """
 
-from keras_ortho._command import running_as_command, quiet_start_up
+from keras_ortho._command import quiet_start_up, running_as_command
 
 try:
     with quiet_start_up():
@@ -38,16 +38,16 @@ except ModuleNotFoundError as error:
         raise SystemExit(f"keras-ortho: error: {_message}") from None
     raise ImportError(f"keras_ortho: {_message}") from error
 
-from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
-from keras_ortho.models import constrain, regularize
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.logger import OrthoLogger
+from keras_ortho.models import constrain, regularize
+from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
 from keras_ortho.plotting import plot_errors
 from keras_ortho.regularizer import OrthoRegularizer
 from keras_ortho.schedule import OrthoSchedule
 from keras_ortho.target import OrthoTarget
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "OrthoConstraint",

@@ -3,7 +3,7 @@
 The rule of a weight depends on its layer (a Conv1D kernel is one matrix, a
 DepthwiseConv kernel one matrix per channel, an LSTM recurrent kernel one per
 gate, an attention projection one per head, a grouped convolution one per
-group), never on its name: see the README's slicing table. `_binding` records
+group), never on its name: see the slicing table, docs/slicing.md. `_binding` records
 each weight's rule on the weight once its layer is known.
 
 What this needs of Keras's own objects (where a layer keeps its weights, its

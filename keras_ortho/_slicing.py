@@ -22,7 +22,7 @@ larger Gram is never built.
 """
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 MODES = ("auto", "columns", "rows")
 
@@ -32,11 +32,11 @@ class Rule(NamedTuple):
 
     `view` None keeps the weight's shape; `slice_axis` None makes the whole
     view one matrix `(prod(view[:-1]), view[-1])`. `name` says it in words,
-    for messages and the README's table.
+    for messages and the slicing table (docs/slicing.md).
     """
 
-    view: Optional[Tuple[int, ...]]
-    slice_axis: Optional[int]
+    view: tuple[int, ...] | None
+    slice_axis: int | None
     name: str
 
 
@@ -77,9 +77,9 @@ class SlicePlan(NamedTuple):
     when a reshape alone gives the `(num_slices, rows, cols)` stack.
     """
 
-    shape: Tuple[int, ...]
-    view: Tuple[int, ...]
-    perm: Optional[Tuple[int, ...]]
+    shape: tuple[int, ...]
+    view: tuple[int, ...]
+    perm: tuple[int, ...] | None
     num_slices: int
     rows: int
     cols: int
@@ -110,8 +110,7 @@ def plan_slices(shape, slice_axis=None, mode="auto", rule=None):
     rank = len(shape)
     if rank < 2:
         raise ValueError(
-            "keras_ortho needs a weight of rank >= 2 (a matrix or a stack of "
-            f"matrices). Received: w.shape={shape}"
+            f"keras_ortho needs a weight of rank >= 2 (a matrix or a stack of matrices). Received: w.shape={shape}"
         )
     if slice_axis is not None:
         if not -rank <= slice_axis < rank:

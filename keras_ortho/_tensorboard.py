@@ -41,9 +41,7 @@ class SummaryWriter:
                 raise PermissionError(f"no write permission on {run_dir}")
             self._writer = tf.summary.create_file_writer(run_dir)
         except (OSError, tf.errors.OpError) as error:
-            raise ValueError(
-                f"OrthoLogger cannot write TensorBoard logs to log_dir={log_dir!r}: {error}"
-            ) from error
+            raise ValueError(f"OrthoLogger cannot write TensorBoard logs to log_dir={log_dir!r}: {error}") from error
 
     def write(self, step, scalars, histograms=None):
         """Writes scalars (and histograms) at `step`; flushes with histograms, at epoch ends."""

@@ -26,9 +26,7 @@ def check_non_negative(name, value, positive=False):
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(
-            f"Argument `{name}` must be a finite number {bound}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"Argument `{name}` must be a finite number {bound}. Received: {name}={value!r}")
     return float(value)
 
 

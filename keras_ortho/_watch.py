@@ -5,13 +5,14 @@ here, and the probe measures it with that plan.
 """
 
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_ortho import _backend, _binding, _rules, _validation, ops as ortho_ops
+from keras_ortho import _backend, _binding, _rules, _validation
+from keras_ortho import ops as ortho_ops
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -21,7 +22,7 @@ class Watched(NamedTuple):
 
     variable: object
     path: str
-    slice_axis: Optional[int]
+    slice_axis: int | None
     mode: str
     plan: SlicePlan
     norm: str = "l1"
@@ -124,8 +125,7 @@ def requested_weights(weights, slice_axis, mode, norm="l1"):
         if not isinstance(weight, str):
             if not hasattr(weight, "shape") or not hasattr(weight, "dtype"):
                 raise TypeError(
-                    "Argument `weights` must hold Keras variables or their paths. "
-                    f"Received an item: {weight!r}"
+                    f"Argument `weights` must hold Keras variables or their paths. Received an item: {weight!r}"
                 )
             watch(weight, **options)
         items.append((weight, options))
@@ -196,14 +196,15 @@ class ErrorProbe:
     def __init__(self, watched, jit_compile=False):
         self.watched = list(watched)
         self._sizes = [w.num_slices for w in self.watched]
-        self._dtype = np.result_type(
-            "float32", *(ortho_ops.compute_dtype(w.variable.dtype) for w in self.watched)
-        ).name
+        self._dtype = np.result_type("float32", *(ortho_ops.compute_dtype(w.variable.dtype) for w in self.watched)).name
         self._function = _backend.current().for_measuring(self._measure, jit_compile)
 
     def _measure(self, *values):
         return ops.concatenate(
-            [ops.cast(ortho_ops.errors_of(v, w.plan, w.norm), self._dtype) for v, w in zip(values, self.watched)]
+            [
+                ops.cast(ortho_ops.errors_of(v, w.plan, w.norm), self._dtype)
+                for v, w in zip(values, self.watched, strict=True)
+            ]
         )
 
     def __call__(self):
@@ -215,4 +216,4 @@ class ErrorProbe:
         values = (w.variable.value if isinstance(w.variable, keras.Variable) else w.variable for w in self.watched)
         vector = ops.convert_to_numpy(self._function(*values))
         chunks = np.split(vector.astype(np.float64), np.cumsum(self._sizes)[:-1])
-        return {w.path: chunk for w, chunk in zip(self.watched, chunks)}
+        return {w.path: chunk for w, chunk in zip(self.watched, chunks, strict=True)}

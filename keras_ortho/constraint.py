@@ -14,7 +14,7 @@ class OrthoConstraint(keras.constraints.Constraint):
     """Keeps every slice of a weight exactly orthonormal: after each optimizer step, its polar factor.
 
     `Phi_i <- U_i V_i^T` for `Phi_i = U_i S_i V_i^T`: each slice (per head, per
-    gate, per channel, per group, as the README's slicing table says) is
+    gate, per channel, per group, as the slicing table, docs/slicing.md says) is
     replaced by the nearest matrix with orthonormal columns, or rows for a
     wide slice, in Frobenius norm. Keras applies it after every optimizer
     update, inside compiled `fit` on TensorFlow, JAX and PyTorch.
@@ -39,7 +39,13 @@ class OrthoConstraint(keras.constraints.Constraint):
         keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), include="*attention*")
     """
 
-    def __init__(self, slice_axis=None, mode="auto", method="svd", iterations=None):
+    def __init__(
+        self,
+        slice_axis: int | None = None,
+        mode: str = "auto",
+        method: str = "svd",
+        iterations: int | None = None,
+    ):
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
         self.method = _validation.check_choice("method", method, PROJECTIONS)

@@ -1,6 +1,9 @@
 """`OrthoLogger`: per-slice orthogonality of watched weights during `fit`."""
 
+import os
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -74,23 +77,21 @@ class OrthoLogger(keras.callbacks.Callback):
 
     def __init__(
         self,
-        weights=None,
-        slice_axis=None,
-        mode="auto",
-        every_n_batches=None,
-        log_dir=None,
-        per_slice_logs=False,
-        weight_logs="auto",
-        norm="l1",
+        weights: Sequence[Any] | None = None,
+        slice_axis: int | None = None,
+        mode: str = "auto",
+        every_n_batches: int | None = None,
+        log_dir: str | os.PathLike | None = None,
+        per_slice_logs: bool = False,
+        weight_logs: str | bool = "auto",
+        norm: str = "l1",
     ):
         super().__init__()
         slice_axis = _validation.check_slice_axis(slice_axis)
         mode = _validation.check_mode(mode)
         norm = _validation.check_norm(norm)
         self._requested = _watch.requested_weights(weights, slice_axis, mode, norm)
-        self.every_n_batches = _validation.check_positive_int(
-            "every_n_batches", every_n_batches, allow_none=True
-        )
+        self.every_n_batches = _validation.check_positive_int("every_n_batches", every_n_batches, allow_none=True)
         self.log_dir = _validation.check_path("log_dir", log_dir)
         if self.log_dir is not None:
             _tensorboard.check_packages(self.log_dir)
@@ -146,7 +147,7 @@ class OrthoLogger(keras.callbacks.Callback):
         watched = _watch.resolve(self.model, self._requested)
         same_weights = len(watched) == len(self._watched) and all(
             new.variable is old.variable and new.plan == old.plan
-            for new, old in zip(watched, self._watched)
+            for new, old in zip(watched, self._watched, strict=True)
         )
         if not same_weights or self._probe is None:
             # Another model or other weights: start a new record and a new probe.

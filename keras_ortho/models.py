@@ -2,6 +2,7 @@
 
 import fnmatch
 import warnings
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -10,6 +11,9 @@ from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
 __all__ = ["constrain", "regularize"]
+
+# `include`/`exclude`: a glob pattern over weight paths, a list of them, or a callable `variable -> bool`.
+Selection = str | Sequence[str] | Callable[[keras.Variable], bool]
 
 
 class _Kind:
@@ -29,16 +33,25 @@ class _Kind:
 
 
 _REGULARIZER = _Kind(
-    OrthoRegularizer, "regularizer", "regularize",
+    OrthoRegularizer,
+    "regularizer",
+    "regularize",
     "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
 )
 _CONSTRAINT = _Kind(
-    OrthoConstraint, "constraint", "constrain",
+    OrthoConstraint,
+    "constraint",
+    "constrain",
     "the optimizer never updates a frozen weight, so a constraint there would never apply.",
 )
 
 
-def regularize(model, regularizer, include=None, exclude=None):
+def regularize(
+    model: keras.layers.Layer,
+    regularizer: OrthoRegularizer | None,
+    include: Selection | None = None,
+    exclude: Selection | None = None,
+) -> list[str]:
     """Puts `regularizer` on the kernels of a built model, at any depth; returns their paths.
 
     The kernels are the trainable floating-point weights of rank >= 2 that a
@@ -82,7 +95,12 @@ def regularize(model, regularizer, include=None, exclude=None):
     return _put(model, regularizer, _REGULARIZER, include, exclude)
 
 
-def constrain(model, constraint, include=None, exclude=None):
+def constrain(
+    model: keras.layers.Layer,
+    constraint: OrthoConstraint | None,
+    include: Selection | None = None,
+    exclude: Selection | None = None,
+) -> list[str]:
     """Puts `constraint` on the kernels of a built model, at any depth; returns their paths.
 
     What `regularize` does for an `OrthoRegularizer`, for an `OrthoConstraint`:
@@ -96,7 +114,8 @@ def constrain(model, constraint, include=None, exclude=None):
         model: a built Keras model or layer.
         constraint: an `OrthoConstraint`, or None to remove keras_ortho's
             constraints from the matched kernels (others are left as they are).
-        include, exclude: as for `regularize`.
+        include: as for `regularize`.
+        exclude: as for `regularize`.
 
     Returns:
         The paths inside the model of the weights whose constraint was set
@@ -116,8 +135,7 @@ def _put(model, obj, kind, include, exclude):
     name = kind.attribute
     if obj is not None and not isinstance(obj, kind.cls):
         raise TypeError(
-            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. "
-            f"Received: {name}={obj!r}"
+            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. Received: {name}={obj!r}"
         )
     include_arg, exclude_arg = include, exclude
     include = _matcher("include", include)
@@ -153,7 +171,8 @@ def _put(model, obj, kind, include, exclude):
     if frozen:
         warnings.warn(
             f"{kind.verb}: left out {len(frozen)} kernel(s) that cannot train: {', '.join(frozen)}. "
-            + kind.frozen_reason[0].upper() + kind.frozen_reason[1:],
+            + kind.frozen_reason[0].upper()
+            + kind.frozen_reason[1:],
             UserWarning,
             stacklevel=3,
         )
@@ -186,6 +205,7 @@ def _matcher(name, value):
             f"Argument `{name}` must be None, a glob pattern over variable paths, a list of "
             f"them, or a callable (variable) -> bool. Received: {name}={value!r}"
         )
+
     def matches(variable, path):
         return any(fnmatch.fnmatchcase(c, p) for c in (path, variable.path) for p in patterns)
 
@@ -204,7 +224,9 @@ def _share_kernel_arguments(model, kind):
     argument = kind.argument("kernel_regularizer")
     for layer in _rules.layers_of(model):
         attribute = _keras_compat.argument_attribute(layer, argument)
-        if attribute is None or not isinstance(layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
+        if attribute is None or not isinstance(
+            layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+        ):
             continue
         found = {
             id(getattr(v, kind.attribute)): getattr(v, kind.attribute)

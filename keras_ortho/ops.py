@@ -8,6 +8,8 @@ planned once (`prepare`, `plan_weight`); the plan is passed down to the math in
 float32; float32 and float64 in their own dtype.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -15,6 +17,10 @@ from keras_ortho import _backend, _binding, _math, _validation
 from keras_ortho._slicing import plan_slices
 
 __all__ = ["ortho_gradient", "ortho_penalty", "slice_errors"]
+
+# What the public functions take and give: a Keras variable, a tensor of the
+# running backend (`tf.Tensor`, `jax.Array`, `torch.Tensor`) or a numpy array.
+Tensor = Any
 
 
 def keras_path(w):
@@ -130,7 +136,7 @@ def project(tensor, plan, method="svd", iterations=None):
 # --- Public functions ---------------------------------------------------------
 
 
-def slice_errors(w, slice_axis=None, mode="auto", norm="l1"):
+def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", norm: str = "l1") -> Tensor:
     """Distance from orthonormal of each slice under `norm`, unscaled.
 
     For the default `norm="l1"`, `sum_jk |G_i|_jk`; see `ortho_penalty` for
@@ -140,7 +146,7 @@ def slice_errors(w, slice_axis=None, mode="auto", norm="l1"):
     Args:
         w: a float tensor, variable or array of rank >= 2. A Keras variable
             is sliced by its layer's rule once keras_ortho has met its layer
-            (see the README's slicing table), else by the default rule.
+            (see the slicing table, docs/slicing.md), else by the default rule.
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
         norm: "l1", "fro", "double", "spectral" or "coherence".
@@ -158,7 +164,14 @@ def slice_errors(w, slice_axis=None, mode="auto", norm="l1"):
     return errors_of(*prepare(w, slice_axis, mode), norm)
 
 
-def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
+def ortho_penalty(
+    w: Tensor,
+    factor: float = 1.0,
+    slice_axis: int | None = None,
+    mode: str = "auto",
+    reduction: str = "sum",
+    norm: str = "l1",
+) -> Tensor:
     """`factor * sum_i |G_i|`, differentiable with the analytic gradient.
 
     `|G_i|` is the slice's measure under `norm`, with `G_i = Phi_i^T Phi_i - I`
@@ -201,7 +214,14 @@ def ortho_penalty(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", 
     return penalty_of(tensor, plan, factor, reduction, norm)
 
 
-def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
+def ortho_gradient(
+    w: Tensor,
+    factor: float = 1.0,
+    slice_axis: int | None = None,
+    mode: str = "auto",
+    reduction: str = "sum",
+    norm: str = "l1",
+) -> Tensor:
     """The closed-form gradient of `ortho_penalty`, without autodiff.
 
     For "l1", columns mode: `2 c Phi_i sign(Phi_i^T Phi_i - I)`; rows mode:
@@ -210,7 +230,12 @@ def ortho_gradient(w, factor=1.0, slice_axis=None, mode="auto", reduction="sum",
     listed under `ortho_penalty`.
 
     Args:
-        w, factor, slice_axis, mode, reduction, norm: as for `ortho_penalty`.
+        w: as for `ortho_penalty`.
+        factor: as for `ortho_penalty`.
+        slice_axis: as for `ortho_penalty`.
+        mode: as for `ortho_penalty`.
+        reduction: as for `ortho_penalty`.
+        norm: as for `ortho_penalty`.
 
     Returns:
         A tensor of `w`'s shape and dtype.

@@ -1,11 +1,13 @@
 """`plot_errors`: per-slice orthogonality errors as heatmaps, lines and bars (needs matplotlib)."""
 
 import math
+import os
+from collections.abc import Sequence
+from typing import IO, Any
 
 import numpy as np
 
 from keras_ortho import _validation
-
 
 # From this many weights on, one overview replaces the panel per weight.
 OVERVIEW_FROM = 13
@@ -32,7 +34,13 @@ def _ticks(count, labels=None, most=8):
     return positions, [str(labels[p]) for p in positions]
 
 
-def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
+def plot_errors(
+    source: Any,
+    path: str | os.PathLike | IO | None = None,
+    epochs: Sequence[int] | None = None,
+    title: str | None = None,
+    max_columns: int = 2,
+) -> "matplotlib.figure.Figure":  # noqa: F821 (matplotlib is imported when called)
     """Per-slice errors of each weight, drawn for a person to read at a glance.
 
     Up to 12 weights, one panel per weight, of the kind its record calls for:
@@ -109,7 +117,7 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
     heatmaps = {name: a for kind, name, a in panels if kind == "heatmap"}
     norm = _fitted_norm(LogNorm, heatmaps.values()) if heatmaps else None
     image = None
-    for ax, (kind, name, values) in zip(axes.flat, panels):
+    for ax, (kind, name, values) in zip(axes.flat, panels, strict=True):
         ax.set_title(name, fontsize=9)
         if kind == "heatmap":
             image = _slices_by_epochs(ax, values, norm, shown_epochs)
@@ -125,7 +133,7 @@ def plot_errors(source, path=None, epochs=None, title=None, max_columns=2):
             ax.invert_yaxis()
             ax.set_xlabel("sum |G|")
             _log_if_wide(ax, np.array(list(values.values())), "x")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if image is not None:
         figure.colorbar(image, ax=axes, label="sum |G_i| (log scale)")
@@ -211,8 +219,9 @@ def _overview(Figure, LogNorm, arrays, shown_epochs):
     snapshot = shown_epochs is None
     num_rows = 1 if snapshot else len(shown_epochs)
     names = list(arrays)
-    totals = np.array([[np.sum(a[r]) if r < len(a) else np.nan for r in range(num_rows)]
-                       for a in arrays.values()])  # (weights, epochs)
+    totals = np.array(
+        [[np.sum(a[r]) if r < len(a) else np.nan for r in range(num_rows)] for a in arrays.values()]
+    )  # (weights, epochs)
     last = np.nan_to_num(totals[:, -1], nan=-np.inf)
     # A single point in time of a one-slice weight is its total: nothing more to detail.
     detailed = [i for i in np.argsort(-last, kind="stable") if not snapshot or arrays[names[i]].shape[1] > 1]

@@ -7,13 +7,12 @@ from keras_ortho import _binding, _keras_compat, _validation, ops
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
 
 
-
 @keras.saving.register_keras_serializable(package="keras_ortho")
 class OrthoRegularizer(keras.regularizers.Regularizer):
     """Pushes every slice of a weight towards orthonormal columns (or rows).
 
     `loss = factor * sum_i sum_jk |Phi_i^T Phi_i - I|_jk`, where `Phi_i` are the
-    slices of the weight (see the README's slicing table); its gradient
+    slices of the weight (see the slicing table, docs/slicing.md); its gradient
     `2 factor Phi_i sign(Phi_i^T Phi_i - I)` is supplied in closed form to the
     backend's autodiff (TensorFlow, JAX or PyTorch). `norm` chooses another
     measure of each slice, with its own closed-form gradient (see
@@ -50,7 +49,14 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         )  # each head of the four projections
     """
 
-    def __init__(self, factor=0.01, slice_axis=None, mode="auto", reduction="sum", norm="l1"):
+    def __init__(
+        self,
+        factor: float = 0.01,
+        slice_axis: int | None = None,
+        mode: str = "auto",
+        reduction: str = "sum",
+        norm: str = "l1",
+    ):
         self.factor = _validation.check_factor(factor)
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)

@@ -47,9 +47,10 @@ def load_model(path):
     except Exception as error:  # Keras raises many types for bad files; report any in one line
         hint = (
             " (a custom layer? pass --import with the module that registers it)"
-            if "deserializ" in str(error) or "Unknown" in str(error) else ""
+            if "deserializ" in str(error) or "Unknown" in str(error)
+            else ""
         )
-        raise ReportError(f"cannot load model from {path}: {_one_line(error)}{hint}")
+        raise ReportError(f"cannot load model from {path}: {_one_line(error)}{hint}") from None
 
 
 def _one_line(error):
@@ -77,7 +78,7 @@ def import_modules(names):
                     sys.path.insert(0, os.getcwd())  # as `python -m` puts it, for the console script
                 importlib.import_module(name)
         except Exception as error:  # a module may fail in any way; report it in one line
-            raise ReportError(f"--import {name}: {_one_line(error)}")
+            raise ReportError(f"--import {name}: {_one_line(error)}") from None
 
 
 def measure(model, include_all=False, worst=3):
@@ -114,10 +115,7 @@ def measure(model, include_all=False, worst=3):
 def format_table(model_path, entries):
     """A plain-text table, one row per kernel."""
     if not entries:
-        return (
-            f"{model_path}: no kernel is regularized by OrthoRegularizer "
-            "(use --all to measure every kernel)\n"
-        )
+        return f"{model_path}: no kernel is regularized by OrthoRegularizer (use --all to measure every kernel)\n"
     headers = ["kernel", "shape", "slices", "Gram", "min", "median", "max", "worst slices"]
     rows = [
         [
@@ -133,12 +131,11 @@ def format_table(model_path, entries):
         for e in entries
     ]
     widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [headers, ["-" * w for w in widths]] + rows]
-    return (
-        f"{model_path}: {len(entries)} kernel(s); error of a slice = sum_jk |G_i|_jk\n"
-        + "\n".join(lines) + "\n"
-    )
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, ["-" * w for w in widths]] + rows
+    ]
+    return f"{model_path}: {len(entries)} kernel(s); error of a slice = sum_jk |G_i|_jk\n" + "\n".join(lines) + "\n"
 
 
 def run_report(args, out=None):
@@ -153,7 +150,7 @@ def run_report(args, out=None):
         try:
             Figure, _ = _import_matplotlib()
         except ImportError as error:
-            raise ReportError(str(error))
+            raise ReportError(str(error)) from None
         formats = Figure().canvas.get_supported_filetypes()
         extension = os.path.splitext(args.plot)[1].lstrip(".").lower()
         if extension not in formats:
@@ -201,11 +198,15 @@ def build_parser():
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--plot", metavar="FILE.png", help="also draw the per-slice errors")
     report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
-    report.add_argument("--worst", type=_positive_int, default=3, metavar="K",
-                        help="worst slices to list (default 3)")
-    report.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import MODULE (a dotted name or a .py file) first, for the custom "
-                             "objects it registers; repeatable")
+    report.add_argument("--worst", type=_positive_int, default=3, metavar="K", help="worst slices to list (default 3)")
+    report.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (a dotted name or a .py file) first, for the custom objects it registers; repeatable",
+    )
     return parser
 
 

@@ -1,6 +1,7 @@
 """`OrthoSchedule`: the strength of every OrthoRegularizer of a model, set per epoch."""
 
 import numbers
+from collections.abc import Callable, Mapping
 
 from keras_ortho import _scale, _validation
 
@@ -41,7 +42,7 @@ class OrthoSchedule(_scale.ScaleCallback):
         model.fit(x, y, epochs=200, callbacks=[schedule])
     """
 
-    def __init__(self, schedule=None, every=1):
+    def __init__(self, schedule: None | Mapping[int, float] | Callable[[int], float] = None, every: int = 1):
         self._schedule = _check_schedule({} if schedule is None else schedule)
         every = _validation.check_positive_int("every", every)
         super().__init__(initial=self.scale_at(0), every=every)
@@ -74,9 +75,6 @@ def _check_schedule(schedule):
     steps = []
     for epoch, scale in schedule.items():
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(
-                "Argument `schedule`: each key is an epoch, an int >= 0. "
-                f"Received: schedule={schedule!r}"
-            )
+            raise ValueError(f"Argument `schedule`: each key is an epoch, an int >= 0. Received: schedule={schedule!r}")
         steps.append((int(epoch), _validation.check_non_negative(f"schedule[{epoch}]", scale)))
     return sorted(steps)

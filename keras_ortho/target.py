@@ -36,7 +36,8 @@ class OrthoTarget(_scale.ScaleCallback):
         statistic: "mean" (default) or "max" over all slices.
         rate: the exponent of the update, > 0. Defaults to 0.5.
         initial_scale: the scale before the first update. Defaults to 1.0.
-        min_scale, max_scale: bounds of the scale (> 0). Default 1e-3 and 1e3.
+        min_scale: lower bound of the scale (> 0). Default 1e-3.
+        max_scale: upper bound of the scale (>= min_scale). Default 1e3.
 
     Example:
 
@@ -44,7 +45,13 @@ class OrthoTarget(_scale.ScaleCallback):
     """
 
     def __init__(
-        self, target, statistic="mean", rate=0.5, initial_scale=1.0, min_scale=1e-3, max_scale=1e3
+        self,
+        target: float,
+        statistic: str = "mean",
+        rate: float = 0.5,
+        initial_scale: float = 1.0,
+        min_scale: float = 1e-3,
+        max_scale: float = 1e3,
     ):
         self.target = _validation.check_non_negative("target", target, positive=True)
         self.statistic = _validation.check_choice("statistic", statistic, STATISTICS)
@@ -76,8 +83,7 @@ class OrthoTarget(_scale.ScaleCallback):
             if not self._warned_non_finite:
                 self._warned_non_finite = True
                 warnings.warn(
-                    f"OrthoTarget: the orthogonality error is {error} (non-finite weights); "
-                    "the scale stays as it is.",
+                    f"OrthoTarget: the orthogonality error is {error} (non-finite weights); the scale stays as it is.",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -25,16 +25,10 @@ def mixed_layers_model(seed=0):
         num_heads=3, key_dim=4, kernel_regularizer=OrthoRegularizer(0.03), name="attention"
     )(x, x)
     x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(
-        5, kernel_regularizer=OrthoRegularizer(0.04, slice_axis=0), name="dense"
-    )(x)
+    outputs = keras.layers.Dense(5, kernel_regularizer=OrthoRegularizer(0.04, slice_axis=0), name="dense")(x)
     return keras.Model(inputs, outputs)
 
 
 def regularizer_configs(model):
     """`{variable path: regularizer config}` for every regularized weight."""
-    return {
-        v.path: v.regularizer.get_config()
-        for v in model.trainable_weights
-        if v.regularizer is not None
-    }
+    return {v.path: v.regularizer.get_config() for v in model.trainable_weights if v.regularizer is not None}

@@ -57,7 +57,7 @@ def main(out_path, log_dir):
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=GLOBAL_BATCH)
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
         strategy.run(replica_step, args=(xb, yb))
 

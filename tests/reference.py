@@ -13,7 +13,7 @@ import numpy as np
 
 
 def default_kind(w, slice_axis=None, attention_output=False):
-    """The rule the README gives a tensor with no layer (or `slice_axis`), as a kind for `slices_by`."""
+    """The rule docs/slicing.md gives a tensor with no layer (or `slice_axis`), as a kind for `slices_by`."""
     if slice_axis is not None:
         return ("axis", slice_axis)
     if np.ndim(w) >= 3 and attention_output:
@@ -24,7 +24,7 @@ def default_kind(w, slice_axis=None, attention_output=False):
 
 
 def slices(w, slice_axis=None, attention_output=False):
-    """The list of 2-D matrices the README's slicing rules give for `w`."""
+    """The list of 2-D matrices the slicing rules of docs/slicing.md give for `w`."""
     return slices_by(w, default_kind(w, slice_axis, attention_output))
 
 
@@ -45,7 +45,7 @@ def slices_by(w, kind):
         return [s.reshape(-1, s.shape[-1]) for s in np.moveaxis(w, kind[1], 0)]
     if kind[0] == "groups":
         width = w.shape[-1] // kind[1]
-        return [w[..., j * width:(j + 1) * width].reshape(-1, width) for j in range(kind[1])]
+        return [w[..., j * width : (j + 1) * width].reshape(-1, width) for j in range(kind[1])]
     matrix = w.reshape(-1, w.shape[-1])
     return np.split(matrix, kind[1], axis=1)
 
@@ -91,9 +91,7 @@ def residual(matrix, mode):
 
 
 def slice_errors(w, slice_axis=None, mode="auto", attention_output=False):
-    return np.array(
-        [np.abs(residual(p, mode)).sum() for p in slices(w, slice_axis, attention_output)]
-    )
+    return np.array([np.abs(residual(p, mode)).sum() for p in slices(w, slice_axis, attention_output)])
 
 
 def penalty(w, factor=1.0, slice_axis=None, mode="auto", attention_output=False):

@@ -32,7 +32,10 @@ def main():
     history = model.fit(
         rng.normal(size=(32, 6, 12)).astype("float32"),
         rng.normal(size=(32, 2)).astype("float32"),
-        epochs=2, batch_size=8, verbose=0, callbacks=[logger],
+        epochs=2,
+        batch_size=8,
+        verbose=0,
+        callbacks=[logger],
     )
     assert len(logger.watched_paths) == 5 and logger.epochs == [0, 1]
     assert all(np.all(np.isfinite(e)) for e in logger.errors.values())
@@ -42,16 +45,19 @@ def main():
         reloaded = keras.saving.load_model(path)
         # The command without KERAS_BACKEND: Keras's default, TensorFlow, is missing here.
         env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-        command = subprocess.run([sys.executable, "-m", "keras_ortho", "report", path],
-                                 capture_output=True, text=True, env=env, timeout=120)
+        command = subprocess.run(
+            [sys.executable, "-m", "keras_ortho", "report", path], capture_output=True, text=True, env=env, timeout=120
+        )
         assert command.returncode == 1 and command.stdout == "", command
         assert len(command.stderr.strip().splitlines()) == 1, command.stderr
         assert "KERAS_BACKEND" in command.stderr and "Traceback" not in command.stderr, command.stderr
     losses = [float(keras.ops.convert_to_numpy(v)) for v in model.losses]
     np.testing.assert_allclose([float(keras.ops.convert_to_numpy(v)) for v in reloaded.losses], losses, rtol=1e-6)
     assert "tensorflow" not in sys.modules
-    print(f"{keras.backend.backend()} without TensorFlow: trained, logged "
-          f"{len(logger.watched_paths)} kernels, final loss {history.history['loss'][-1]:.4f}, reloaded")
+    print(
+        f"{keras.backend.backend()} without TensorFlow: trained, logged "
+        f"{len(logger.watched_paths)} kernels, final loss {history.history['loss'][-1]:.4f}, reloaded"
+    )
 
 
 if __name__ == "__main__":

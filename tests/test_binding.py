@@ -13,9 +13,9 @@ import gc
 import keras
 import numpy as np
 import pytest
+from backends import only_on, to_numpy
 
 import keras_ortho
-from backends import BACKEND, only_on, to_numpy
 from keras_ortho import _keras_compat, report
 
 L = keras.layers
@@ -47,6 +47,7 @@ MEET = {
     "OrthoSchedule.set_model": lambda model, r: keras_ortho.OrthoSchedule(lambda epoch: 1.0).set_model(model),
     "report": lambda model, r: report.measure(model),
 }
+
 
 @pytest.fixture
 def no_lookup(monkeypatch):

@@ -10,11 +10,11 @@ import os
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import to_numpy
 from test_layers import LAYERS, inputs_for, model_of, rule_of
+
+import keras_ortho
 
 L = keras.layers
 
@@ -47,7 +47,7 @@ def assert_polar_factors(model, name, before):
         got = reference.slices_by(to_numpy(v), rule)
         expected = [reference.polar_factor(p) for p in reference.slices_by(before[v.path], rule)]
         assert len(got) == len(expected) > 0
-        for slice_got, slice_expected in zip(got, expected):
+        for slice_got, slice_expected in zip(got, expected, strict=True):
             np.testing.assert_allclose(np.linalg.svd(slice_got, compute_uv=False), 1.0, atol=2e-6, err_msg=v.path)
             np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6, err_msg=v.path)
 
@@ -89,11 +89,19 @@ def test_training_keeps_every_slice_orthonormal(rng):
 @pytest.mark.parametrize("shape,mode", [((9, 4), "auto"), ((4, 9), "auto"), ((6, 3, 5), "auto"), ((5, 5), "rows")])
 def test_newton_schulz_meets_the_svd_polar_factor(rng, shape, mode):
     """Slices with singular values in [0.1, 3] (condition number 30): within float32 rounding after 24 steps."""
-    w = np.stack(
-        [reference.with_singular_values(rng, shape[0], shape[-1], np.geomspace(0.1, 3.0, min(shape[0], shape[-1])))
-         for _ in range(shape[1] if len(shape) == 3 else 1)],
-        axis=1,
-    ).reshape(shape).astype("float32")
+    w = (
+        np.stack(
+            [
+                reference.with_singular_values(
+                    rng, shape[0], shape[-1], np.geomspace(0.1, 3.0, min(shape[0], shape[-1]))
+                )
+                for _ in range(shape[1] if len(shape) == 3 else 1)
+            ],
+            axis=1,
+        )
+        .reshape(shape)
+        .astype("float32")
+    )
     plain = keras_ortho.OrthoConstraint(mode=mode)(keras.ops.convert_to_tensor(w))
     fast = keras_ortho.OrthoConstraint(mode=mode, method="newton_schulz")(keras.ops.convert_to_tensor(w))
     expected = np.stack([reference.polar_factor(p) for p in reference.slices(w)], axis=1).reshape(shape)
@@ -118,7 +126,10 @@ def test_arguments_are_checked_with_the_value_received():
 
 @pytest.mark.parametrize(
     "constraint",
-    [keras_ortho.OrthoConstraint(), keras_ortho.OrthoConstraint(slice_axis=1, mode="rows", method="newton_schulz", iterations=9)],
+    [
+        keras_ortho.OrthoConstraint(),
+        keras_ortho.OrthoConstraint(slice_axis=1, mode="rows", method="newton_schulz", iterations=9),
+    ],
 )
 def test_config_round_trips(constraint):
     config = constraint.get_config()
@@ -165,7 +176,9 @@ def test_a_tensor_standing_for_a_weight_is_sliced_by_its_layers_rule():
     with keras.StatelessScope([(variable, value)]):
         projected = apply(variable, value)
     got = reference.slices_by(to_numpy(projected), rule_of("DepthwiseConv2D", variable))
-    expected = [reference.polar_factor(p) for p in reference.slices_by(to_numpy(value), rule_of("DepthwiseConv2D", variable))]
+    expected = [
+        reference.polar_factor(p) for p in reference.slices_by(to_numpy(value), rule_of("DepthwiseConv2D", variable))
+    ]
     assert len(got) == 3  # one (9, 2) matrix per input channel
-    for slice_got, slice_expected in zip(got, expected):
+    for slice_got, slice_expected in zip(got, expected, strict=True):
         np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6)

@@ -10,10 +10,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import only_on, to_numpy, variable_grad
+
+import keras_ortho
 from keras_ortho import OrthoLogger, OrthoRegularizer
 
 tf_distribute = only_on("tensorflow", why="tf.distribute strategies are TensorFlow's")
@@ -24,13 +24,15 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 def regularized_model(optimizer="adam"):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 12))
-    x = keras.layers.MultiHeadAttention(
-        num_heads=3, key_dim=4, kernel_regularizer=OrthoRegularizer(0.05), name="mha"
-    )(inputs, inputs)
+    x = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, kernel_regularizer=OrthoRegularizer(0.05), name="mha")(
+        inputs, inputs
+    )
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(2, kernel_regularizer=OrthoRegularizer(0.1), name="out")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": 0.01}}), loss="mse")
+    model.compile(
+        optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": 0.01}}), loss="mse"
+    )
     return model
 
 
@@ -56,13 +58,11 @@ def test_mirrored_strategy_trains_like_one_device(mirrored):
     single, single_logger = train(tf.distribute.get_strategy())
     assert mirrored.num_replicas_in_sync == 2
     replicated, mirrored_logger = train(mirrored)
-    for a, b in zip(single.weights, replicated.weights):
+    for a, b in zip(single.weights, replicated.weights, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert single_logger.watched_paths == mirrored_logger.watched_paths
     for path in single_logger.watched_paths:
-        np.testing.assert_allclose(
-            mirrored_logger.errors[path], single_logger.errors[path], rtol=1e-5
-        )
+        np.testing.assert_allclose(mirrored_logger.errors[path], single_logger.errors[path], rtol=1e-5)
 
 
 @tf_distribute
@@ -96,7 +96,9 @@ def test_multi_worker_mirrored_strategy_on_loopback(tmp_path):
     env.pop("TF_CONFIG", None)
     subprocess.run(
         [sys.executable, script, str(tmp_path / "single.npz"), str(tmp_path / "single_logs")],
-        check=True, timeout=300, env=env,
+        check=True,
+        timeout=300,
+        env=env,
     )
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
@@ -158,7 +160,8 @@ def test_a_process_that_is_not_the_chief_writes_no_files(tmp_path, monkeypatch):
         pytest.param(
             "mixed_float16",
             marks=only_on(
-                "tensorflow", "torch",
+                "tensorflow",
+                "torch",
                 why="on JAX's CPU backend Keras's own float16 layers fail to compile "
                 "(dot_general precision F16_F16_F32), with or without keras_ortho",
             ),
@@ -181,9 +184,7 @@ def test_mixed_precision_reduces_in_float32(policy):
             continue
         errors = keras_ortho.slice_errors(v)
         assert keras.backend.standardize_dtype(errors.dtype) == "float32"
-        expected = reference.slice_errors(
-            v.numpy(), attention_output=v.path.endswith("attention_output/kernel")
-        )
+        expected = reference.slice_errors(v.numpy(), attention_output=v.path.endswith("attention_output/kernel"))
         np.testing.assert_allclose(to_numpy(errors), expected, rtol=1e-5)
         np.testing.assert_allclose(logger.errors[v.path][-1], expected, rtol=1e-5)
         assert keras.backend.standardize_dtype(v.regularizer(v).dtype) == "float32"
@@ -205,7 +206,7 @@ def test_backends_that_cannot_train_are_refused_clearly(monkeypatch, backend):
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     message = rf"keras_ortho needs one of Keras's tensorflow, jax, torch backends.*backend='{backend}'"
     with pytest.raises(RuntimeError, match=message):
-        model.losses
+        _ = model.losses
     with pytest.raises(RuntimeError, match=message):
         logger = OrthoLogger()
         logger.set_model(model)
@@ -236,4 +237,6 @@ def test_torch_ddp_in_a_custom_loop_steps_like_one_process(tmp_path):
         assert sorted(result["grads"]) == sorted(single["grads"])
         for path in single["grads"]:
             np.testing.assert_allclose(result["grads"][path], single["grads"][path], rtol=1e-5, atol=1e-7, err_msg=path)
-            np.testing.assert_allclose(result["weights"][path], single["weights"][path], rtol=1e-5, atol=1e-7, err_msg=path)
+            np.testing.assert_allclose(
+                result["weights"][path], single["weights"][path], rtol=1e-5, atol=1e-7, err_msg=path
+            )

@@ -47,9 +47,20 @@ def test_transformer(tmp_path):
 
     # The saved model has custom layers: the report opens it once it imports the example.
     report = subprocess.run(
-        [sys.executable, "-m", "keras_ortho", "report", str(tmp_path / "transformer.keras"),
-         "--import", "examples.transformer", "--json"],
-        capture_output=True, text=True, timeout=300, cwd=os.path.dirname(EXAMPLES),
+        [
+            sys.executable,
+            "-m",
+            "keras_ortho",
+            "report",
+            str(tmp_path / "transformer.keras"),
+            "--import",
+            "examples.transformer",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(EXAMPLES),
     )
     assert report.returncode == 0, report.stderr
     kernels = json.loads(report.stdout)["kernels"]
@@ -73,11 +84,23 @@ def test_cnn_comparison(tmp_path):
 
 def test_finetune(tmp_path):
     out = run_example("finetune.py", tmp_path)
-    kernels = ["conv/kernel", "depthwise/kernel", "lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel", "head/kernel"]
+    kernels = [
+        "conv/kernel",
+        "depthwise/kernel",
+        "lstm/lstm_cell/kernel",
+        "lstm/lstm_cell/recurrent_kernel",
+        "head/kernel",
+    ]
     assert f"regularized {len(kernels)} kernels of the loaded model" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] and line.split()[0] in kernels}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in kernels
+    }
     assert sorted(rows) == sorted(kernels)
-    assert rows["depthwise/kernel"][0] == "16" and rows["lstm/lstm_cell/recurrent_kernel"][0] == "4"  # per channel, per gate
+    assert (
+        rows["depthwise/kernel"][0] == "16" and rows["lstm/lstm_cell/recurrent_kernel"][0] == "4"
+    )  # per channel, per gate
     assert "the reloaded model carries the regularizers: True" in out
     # keras-hub comes with the test extra: its backbone, regularized per head, and again after reloading.
     assert "keras-hub BertBackbone: regularized 8 attention kernels" in out

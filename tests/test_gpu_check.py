@@ -14,7 +14,9 @@ def test_gpu_check_passes_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.md"
     result = subprocess.run(
         [sys.executable, SCRIPT, "--device", "cpu", "--quick", "--backends", BACKEND, "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "every check passed" in result.stdout
@@ -26,6 +28,8 @@ def test_gpu_check_passes_on_the_cpu(tmp_path):
 def test_gpu_check_refuses_a_backend_it_does_not_cover(tmp_path):
     result = subprocess.run(
         [sys.executable, SCRIPT, "--device", "cpu", "--backends", "tensorflow", "--out", str(tmp_path / "x.md")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "--backends takes jax and torch" in result.stderr

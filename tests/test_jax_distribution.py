@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import pytest
-
 from backends import only_on, run_fresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +84,10 @@ def test_head_sharded_penalty_compiles_without_gathers_or_permutes(tmp_path):
     # A row-sharded Dense kernel: one all-reduce of the Gram (64 x 64 here), nothing else.
     assert rows["Dense rows"] == {"all-reduce": {"count": 1, "bytes": 4 * 64 * 64}}
     # A column-sharded one: one all-gather of the kernel, and the scalar's all-reduce.
-    assert rows["Dense columns"] == {"all-gather": {"count": 1, "bytes": 4 * 64 * 64},
-                                     "all-reduce": {"count": 1, "bytes": 4}}
+    assert rows["Dense columns"] == {
+        "all-gather": {"count": 1, "bytes": 4 * 64 * 64},
+        "all-reduce": {"count": 1, "bytes": 4},
+    }
 
 
 def test_schedule_and_target_under_data_parallel_train_like_one_device(tmp_path):

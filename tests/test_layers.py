@@ -1,6 +1,6 @@
 """Each Keras layer with a kernel is sliced by its own rule, through the constructor or `regularize`.
 
-Every row of the README's slicing table is trained for one step under `fit`
+Every row of the slicing table (docs/slicing.md) is trained for one step under `fit`
 with the penalty as the only loss; the step of each kernel must equal the
 numpy reference gradient of the rule written here, and `model.losses` the
 reference penalty. The rules are stated per weight, independently of
@@ -14,10 +14,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import to_numpy
+
+import keras_ortho
 
 L = keras.layers
 FACTOR, LR = 0.05, 0.5
@@ -42,64 +42,120 @@ LAYERS = {
     "Dense": (lambda **r: L.Dense(6, **r), (5,), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "EinsumDense": (
         lambda **r: L.EinsumDense("ab,bcd->acd", output_shape=(3, 4), **r),
-        (5,), {"kernel": axis(1)}, ["kernel_regularizer"],
+        (5,),
+        {"kernel": axis(1)},
+        ["kernel_regularizer"],
     ),
     "Embedding": (lambda **r: L.Embedding(20, 4, **r), "tokens", {"embeddings": MATRIX}, ["embeddings_regularizer"]),
     "Conv1D": (lambda **r: L.Conv1D(4, 3, **r), (8, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv2D": (lambda **r: L.Conv2D(4, 3, **r), (6, 6, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
     "Conv3D": (lambda **r: L.Conv3D(3, 2, **r), (4, 4, 4, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
-    "Conv1D(groups=2)": (lambda **r: L.Conv1D(6, 3, groups=2, **r), (8, 4), {"kernel": groups(2)}, ["kernel_regularizer"]),
-    "Conv2D(groups=8)": (lambda **r: L.Conv2D(8, 3, groups=8, **r), (6, 6, 8), {"kernel": groups(8)}, ["kernel_regularizer"]),
-    "Conv2D(groups=2)": (lambda **r: L.Conv2D(8, 3, groups=2, **r), (6, 6, 8), {"kernel": groups(2)}, ["kernel_regularizer"]),
-    "Conv3D(groups=3)": (lambda **r: L.Conv3D(6, 2, groups=3, **r), (4, 4, 4, 3), {"kernel": groups(3)}, ["kernel_regularizer"]),
+    "Conv1D(groups=2)": (
+        lambda **r: L.Conv1D(6, 3, groups=2, **r),
+        (8, 4),
+        {"kernel": groups(2)},
+        ["kernel_regularizer"],
+    ),
+    "Conv2D(groups=8)": (
+        lambda **r: L.Conv2D(8, 3, groups=8, **r),
+        (6, 6, 8),
+        {"kernel": groups(8)},
+        ["kernel_regularizer"],
+    ),
+    "Conv2D(groups=2)": (
+        lambda **r: L.Conv2D(8, 3, groups=2, **r),
+        (6, 6, 8),
+        {"kernel": groups(2)},
+        ["kernel_regularizer"],
+    ),
+    "Conv3D(groups=3)": (
+        lambda **r: L.Conv3D(6, 2, groups=3, **r),
+        (4, 4, 4, 3),
+        {"kernel": groups(3)},
+        ["kernel_regularizer"],
+    ),
     "Conv1DTranspose": (lambda **r: L.Conv1DTranspose(4, 3, **r), (8, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
-    "Conv2DTranspose": (lambda **r: L.Conv2DTranspose(4, 3, **r), (6, 6, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
-    "Conv3DTranspose": (lambda **r: L.Conv3DTranspose(3, 2, **r), (4, 4, 4, 2), {"kernel": MATRIX}, ["kernel_regularizer"]),
+    "Conv2DTranspose": (
+        lambda **r: L.Conv2DTranspose(4, 3, **r),
+        (6, 6, 2),
+        {"kernel": MATRIX},
+        ["kernel_regularizer"],
+    ),
+    "Conv3DTranspose": (
+        lambda **r: L.Conv3DTranspose(3, 2, **r),
+        (4, 4, 4, 2),
+        {"kernel": MATRIX},
+        ["kernel_regularizer"],
+    ),
     "DepthwiseConv1D": (
-        lambda **r: L.DepthwiseConv1D(3, depth_multiplier=2, **r), (8, 3), {"kernel": axis(1)}, ["depthwise_regularizer"],
+        lambda **r: L.DepthwiseConv1D(3, depth_multiplier=2, **r),
+        (8, 3),
+        {"kernel": axis(1)},
+        ["depthwise_regularizer"],
     ),
     "DepthwiseConv2D": (
-        lambda **r: L.DepthwiseConv2D(3, depth_multiplier=2, **r), (6, 6, 3), {"kernel": axis(2)}, ["depthwise_regularizer"],
+        lambda **r: L.DepthwiseConv2D(3, depth_multiplier=2, **r),
+        (6, 6, 3),
+        {"kernel": axis(2)},
+        ["depthwise_regularizer"],
     ),
     "SeparableConv1D": (
-        lambda **r: L.SeparableConv1D(4, 3, depth_multiplier=2, **r), (8, 3),
-        {"depthwise_kernel": axis(1), "pointwise_kernel": MATRIX}, ["depthwise_regularizer", "pointwise_regularizer"],
+        lambda **r: L.SeparableConv1D(4, 3, depth_multiplier=2, **r),
+        (8, 3),
+        {"depthwise_kernel": axis(1), "pointwise_kernel": MATRIX},
+        ["depthwise_regularizer", "pointwise_regularizer"],
     ),
     "SeparableConv2D": (
-        lambda **r: L.SeparableConv2D(4, 3, depth_multiplier=2, **r), (6, 6, 3),
-        {"depthwise_kernel": axis(2), "pointwise_kernel": MATRIX}, ["depthwise_regularizer", "pointwise_regularizer"],
+        lambda **r: L.SeparableConv2D(4, 3, depth_multiplier=2, **r),
+        (6, 6, 3),
+        {"depthwise_kernel": axis(2), "pointwise_kernel": MATRIX},
+        ["depthwise_regularizer", "pointwise_regularizer"],
     ),
     "SimpleRNN": (
-        lambda **r: L.SimpleRNN(4, **r), (5, 3), {"/kernel": MATRIX, "recurrent_kernel": MATRIX},
+        lambda **r: L.SimpleRNN(4, **r),
+        (5, 3),
+        {"/kernel": MATRIX, "recurrent_kernel": MATRIX},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "GRU": (
-        lambda **r: L.GRU(4, **r), (5, 3), {"/kernel": gates(3), "recurrent_kernel": gates(3)},
+        lambda **r: L.GRU(4, **r),
+        (5, 3),
+        {"/kernel": gates(3), "recurrent_kernel": gates(3)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "LSTM": (
-        lambda **r: L.LSTM(4, **r), (5, 3), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        lambda **r: L.LSTM(4, **r),
+        (5, 3),
+        {"/kernel": gates(4), "recurrent_kernel": gates(4)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "ConvLSTM1D": (
-        lambda **r: L.ConvLSTM1D(3, 2, **r), (4, 6, 2), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        lambda **r: L.ConvLSTM1D(3, 2, **r),
+        (4, 6, 2),
+        {"/kernel": gates(4), "recurrent_kernel": gates(4)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "ConvLSTM2D": (
-        lambda **r: L.ConvLSTM2D(2, 2, **r), (3, 4, 4, 2), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        lambda **r: L.ConvLSTM2D(2, 2, **r),
+        (3, 4, 4, 2),
+        {"/kernel": gates(4), "recurrent_kernel": gates(4)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "ConvLSTM3D": (
-        lambda **r: L.ConvLSTM3D(2, 2, **r), (2, 3, 3, 3, 1), {"/kernel": gates(4), "recurrent_kernel": gates(4)},
+        lambda **r: L.ConvLSTM3D(2, 2, **r),
+        (2, 3, 3, 3, 1),
+        {"/kernel": gates(4), "recurrent_kernel": gates(4)},
         ["kernel_regularizer", "recurrent_regularizer"],
     ),
     "MultiHeadAttention": (
-        lambda **r: L.MultiHeadAttention(num_heads=2, key_dim=3, **r), "sequence",
+        lambda **r: L.MultiHeadAttention(num_heads=2, key_dim=3, **r),
+        "sequence",
         {"query/kernel": axis(1), "key/kernel": axis(1), "value/kernel": axis(1), "attention_output/kernel": axis(0)},
         ["kernel_regularizer"],
     ),
     "GroupQueryAttention": (
-        lambda **r: L.GroupQueryAttention(head_dim=3, num_query_heads=4, num_key_value_heads=2, **r), "sequence",
+        lambda **r: L.GroupQueryAttention(head_dim=3, num_query_heads=4, num_key_value_heads=2, **r),
+        "sequence",
         {"query/kernel": axis(1), "key/kernel": axis(1), "value/kernel": axis(1), "attention_output/kernel": axis(0)},
         ["kernel_regularizer"],
     ),
@@ -190,7 +246,9 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
     logger.set_model(model)
     logger.on_train_begin()
     for v in regularized(model, name):
-        expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
+        expected = [
+            np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))
+        ]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
 
 
@@ -198,7 +256,9 @@ def test_slice_errors_of_a_kernel_follow_its_layer_rule_once_the_layer_is_known(
 def test_a_bare_variable_finds_its_layer_rule_by_itself(name):
     model = build(name, "constructor")  # nothing of keras_ortho has met the model yet
     for v in regularized(model, name):
-        expected = [np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))]
+        expected = [
+            np.abs(reference.residual(p, "auto")).sum() for p in reference.slices_by(to_numpy(v), rule_of(name, v))
+        ]
         np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(v)), expected, rtol=1e-5, err_msg=v.path)
 
 
@@ -222,13 +282,17 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
         *_, losses = model.stateless_call(
             values, [v.value for v in model.non_trainable_variables], inputs_for(name), return_losses=True
         )
-    by_variable = {id(v): value for v, value in zip(model.trainable_variables, values)}
-    expected = sorted(reference.penalty_by(by_variable[id(v)], rule_of(name, v), FACTOR) for v in regularized(model, name))
+    by_variable = {id(v): value for v, value in zip(model.trainable_variables, values, strict=True)}
+    expected = sorted(
+        reference.penalty_by(by_variable[id(v)], rule_of(name, v), FACTOR) for v in regularized(model, name)
+    )
     np.testing.assert_allclose(sorted(float(to_numpy(loss)) for loss in losses), expected, rtol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
-@pytest.mark.parametrize("name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"])  # per head under jit: test_regularizer.py
+@pytest.mark.parametrize(
+    "name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"]
+)  # per head under jit: test_regularizer.py
 def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
     model = build(name, "constructor")
     before = {v.path: to_numpy(v).copy() for v in regularized(model, name)}

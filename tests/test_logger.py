@@ -9,11 +9,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import only_on, to_numpy
 from interrupted import FailAtEpoch
+
+import keras_ortho
 from keras_ortho import OrthoLogger, OrthoRegularizer
 
 
@@ -26,7 +26,7 @@ class WeightSnapshots(keras.callbacks.Callback):
 
     def _snapshot(self):
         regularized = [v for v in self.model.trainable_weights if v.regularizer is not None]
-        losses = dict(zip((v.path for v in regularized), self.model.losses))
+        losses = dict(zip((v.path for v in regularized), self.model.losses, strict=True))
         return {
             v.path: (v.numpy().copy(), v.regularizer, float(to_numpy(losses[v.path])) if v.path in losses else None)
             for v in self.model.weights
@@ -43,13 +43,9 @@ def attention_model(seed=0, regularize=True):
     keras.utils.set_random_seed(seed)
     ortho = OrthoRegularizer(0.05) if regularize else None
     inputs = keras.Input((6, 12))
-    x = keras.layers.MultiHeadAttention(
-        num_heads=3, key_dim=4, kernel_regularizer=ortho, name="mha"
-    )(inputs, inputs)
+    x = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, kernel_regularizer=ortho, name="mha")(inputs, inputs)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(
-        8, kernel_regularizer=OrthoRegularizer(0.1) if regularize else None, name="hidden"
-    )(x)
+    x = keras.layers.Dense(8, kernel_regularizer=OrthoRegularizer(0.1) if regularize else None, name="hidden")(x)
     outputs = keras.layers.Dense(2, name="head")(x)
     model = keras.Model(inputs, outputs, name="model")
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
@@ -94,9 +90,7 @@ def test_records_match_reference_in_errors_logs_and_history():
         np.testing.assert_allclose(logger.errors[path], expected, rtol=1e-5)
         totals = expected.sum(axis=1)
         np.testing.assert_allclose(history.history[f"ortho/{path}"], totals, rtol=1e-5)
-        np.testing.assert_allclose(
-            [snapshots.epochs[e][1][f"ortho/{path}"] for e in range(3)], totals, rtol=1e-5
-        )
+        np.testing.assert_allclose([snapshots.epochs[e][1][f"ortho/{path}"] for e in range(3)], totals, rtol=1e-5)
 
 
 def test_factor_times_total_is_the_regularization_loss():
@@ -210,7 +204,7 @@ def test_every_n_batches_records_at_those_steps():
     model.fit(*data(32), epochs=2, batch_size=4, verbose=0, callbacks=[logger, snapshots])
     assert logger.steps == [3, 6, 9, 12, 15]
     path = REGULARIZED[1]
-    for row, step in zip(logger.batch_errors[path], logger.steps):
+    for row, step in zip(logger.batch_errors[path], logger.steps, strict=True):
         np.testing.assert_allclose(row, reference.slice_errors(snapshots.steps[step][path][0]), rtol=1e-5)
 
 
@@ -218,9 +212,7 @@ def test_initial_epoch_and_validation_data():
     model = attention_model()
     logger = OrthoLogger()
     x, y = data()
-    history = model.fit(
-        x, y, validation_data=(x, y), initial_epoch=2, epochs=4, verbose=0, callbacks=[logger]
-    )
+    history = model.fit(x, y, validation_data=(x, y), initial_epoch=2, epochs=4, verbose=0, callbacks=[logger])
     assert logger.epochs == [2, 3]
     assert "val_loss" in history.history and f"ortho/{REGULARIZED[0]}" in history.history
 
@@ -424,10 +416,12 @@ def test_plot_without_matplotlib_says_what_to_install(monkeypatch):
     "kwargs,error,message",
     [
         ({"source": [[1.0]]}, TypeError, r"`source`.*Received: source of type list"),
-        ({"source": {"a": np.ones((2, 1))}, "epochs": [0]}, ValueError,
-         r"`epochs`.*\(2\).*Received: epochs of length 1"),
-        ({"source": {"a": np.ones((2, 1))}, "max_columns": 0}, ValueError,
-         r"`max_columns`.*Received: max_columns=0"),
+        (
+            {"source": {"a": np.ones((2, 1))}, "epochs": [0]},
+            ValueError,
+            r"`epochs`.*\(2\).*Received: epochs of length 1",
+        ),
+        ({"source": {"a": np.ones((2, 1))}, "max_columns": 0}, ValueError, r"`max_columns`.*Received: max_columns=0"),
     ],
 )
 def test_plot_rejects_bad_arguments(kwargs, error, message):
@@ -500,7 +494,7 @@ def test_bad_watched_weights_fail_at_train_begin(weights, message):
     before = [v.numpy().copy() for v in model.weights]
     with pytest.raises(ValueError, match=message):
         model.fit(*data(), epochs=1, verbose=0, callbacks=[OrthoLogger(weights=weights)])
-    for old, new in zip(before, model.weights):
+    for old, new in zip(before, model.weights, strict=True):
         np.testing.assert_array_equal(old, new.numpy())  # nothing trained, nothing lost
 
 

@@ -9,10 +9,10 @@ never the identities the library computes with.
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import compiled, to_numpy, value_and_grad
+
+import keras_ortho
 
 NORMS = ["l1", "fro", "double", "spectral", "coherence"]
 MODES = ["auto", "columns", "rows"]
@@ -111,9 +111,7 @@ def test_closed_form_gradient_equals_the_autodiff_gradient(rng, norm):
 @pytest.mark.parametrize("norm", ["l1", "fro", "double"])
 def test_mean_reduction_averages_over_each_grams_entries(rng, norm, mode):
     w = rng.normal(scale=0.5, size=(6, 3, 4))
-    value, grad = value_and_grad(
-        lambda x: keras_ortho.ortho_penalty(x, 2.0, mode=mode, reduction="mean", norm=norm), w
-    )
+    value, grad = value_and_grad(lambda x: keras_ortho.ortho_penalty(x, 2.0, mode=mode, reduction="mean", norm=norm), w)
     np.testing.assert_allclose(value, reference.norm_penalty(w, norm, 2.0, None, mode, "mean"), rtol=1e-9)
     eps = 1e-6
     index = (1, 2, 3)
@@ -130,8 +128,7 @@ def test_power_iteration_finds_the_eigenvalue_of_largest_magnitude(rng):
     """Against `eigh`, with the spectrum separated by a ratio of 0.5, either sign leading."""
     positive = [separated(rng, 40, 16) for _ in range(4)]
     # Singular value 0.1 gives the eigenvalue -0.99; the others at most +0.3.
-    negative = [reference.with_singular_values(rng, 40, 16, [0.1] + [np.sqrt(1.3)] * 2 + [1.1] * 13)
-                for _ in range(4)]
+    negative = [reference.with_singular_values(rng, 40, 16, [0.1] + [np.sqrt(1.3)] * 2 + [1.1] * 13) for _ in range(4)]
     w = np.stack(positive + negative, axis=1)
     got = to_numpy(keras_ortho.slice_errors(w, norm="spectral"))
     expected = reference.norm_errors(w, "spectral")
@@ -222,14 +219,15 @@ def test_fit_step_follows_the_norms_gradient(rng, norm):
     np.testing.assert_allclose([float(to_numpy(x)) for x in model.losses], expected_losses, rtol=1e-5)
     model.compile(optimizer=keras.optimizers.SGD(lr), loss=lambda y, p: 0.0 * keras.ops.sum(p), jit_compile=True)
     model.fit(np.ones((4, 6), "float32"), np.zeros((4, 3), "float32"), batch_size=4, epochs=1, verbose=0)
-    for w, layer in zip(before, model.layers):
+    for w, layer in zip(before, model.layers, strict=True):
         eps = 1e-6
         numeric = np.zeros_like(w)
         for index in np.ndindex(w.shape):
             step = np.zeros_like(w)
             step[index] = eps
-            numeric[index] = (reference.norm_penalty(w + step, norm, factor)
-                              - reference.norm_penalty(w - step, norm, factor)) / (2 * eps)
+            numeric[index] = (
+                reference.norm_penalty(w + step, norm, factor) - reference.norm_penalty(w - step, norm, factor)
+            ) / (2 * eps)
         np.testing.assert_allclose(to_numpy(layer.kernel), w - lr * numeric, rtol=1e-4, atol=1e-5)
 
 
@@ -240,6 +238,6 @@ def test_logger_records_the_regularizers_own_measure(rng, norm):
     logger = keras_ortho.OrthoLogger()
     model.fit(np.ones((8, 6), "float32"), np.zeros((8, 3), "float32"), epochs=1, verbose=0, callbacks=[logger])
     assert len(logger.errors) == 2
-    for path, layer in zip(logger.watched_paths, model.layers):
+    for path, layer in zip(logger.watched_paths, model.layers, strict=True):
         expected = reference.norm_errors(to_numpy(layer.kernel), norm)
         np.testing.assert_allclose(logger.errors[path][-1], expected, rtol=1e-4)

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import compiled, only_on, to_numpy, value_and_grad, variable_grad
+
+import keras_ortho
 
 # (shape, slice_axis): ranks 2 to 5, default and explicit (also negative) axes,
 # with slices that are tall (columns mode) and wide (rows mode).
@@ -36,18 +36,14 @@ def weights(rng, shape, dtype="float64"):
 def test_slice_errors_match_reference(rng, shape, slice_axis, mode):
     w = weights(rng, shape)
     got = keras_ortho.slice_errors(w, slice_axis=slice_axis, mode=mode)
-    np.testing.assert_allclose(
-        to_numpy(got), reference.slice_errors(w, slice_axis, mode), rtol=1e-12
-    )
+    np.testing.assert_allclose(to_numpy(got), reference.slice_errors(w, slice_axis, mode), rtol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,slice_axis", CASES)
 def test_penalty_and_autodiff_gradient_match_reference(rng, shape, slice_axis, mode):
     w = weights(rng, shape)
-    value, grad = value_and_grad(
-        lambda x: keras_ortho.ortho_penalty(x, 0.3, slice_axis=slice_axis, mode=mode), w
-    )
+    value, grad = value_and_grad(lambda x: keras_ortho.ortho_penalty(x, 0.3, slice_axis=slice_axis, mode=mode), w)
     np.testing.assert_allclose(value, reference.penalty(w, 0.3, slice_axis, mode), rtol=1e-12)
     np.testing.assert_allclose(
         grad,
@@ -96,9 +92,7 @@ def test_rank3_follows_the_index_formula(rng):
     expected_value = 0.7 * np.abs(gram).sum()
     expected_grad = 2 * 0.7 * np.einsum("aij,ijb->aib", w, np.sign(gram))
     np.testing.assert_allclose(to_numpy(keras_ortho.ortho_penalty(w, 0.7)), expected_value, rtol=1e-12)
-    np.testing.assert_allclose(
-        to_numpy(keras_ortho.ortho_gradient(w, 0.7)), expected_grad, rtol=1e-12, atol=1e-12
-    )
+    np.testing.assert_allclose(to_numpy(keras_ortho.ortho_gradient(w, 0.7)), expected_grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -123,9 +117,7 @@ def test_errors_times_factor_sum_to_the_penalty(rng):
     w = weights(rng, (9, 4, 6), "float32")
     errors = to_numpy(keras_ortho.slice_errors(w))
     assert errors.shape == (4,)
-    assert float(to_numpy(keras_ortho.ortho_penalty(w, 0.25))) == pytest.approx(
-        0.25 * float(errors.sum()), rel=1e-6
-    )
+    assert float(to_numpy(keras_ortho.ortho_penalty(w, 0.25))) == pytest.approx(0.25 * float(errors.sum()), rel=1e-6)
 
 
 def test_orthonormal_slices_have_zero_error(rng):
@@ -140,9 +132,7 @@ def test_sign_of_zero_is_zero():
     np.testing.assert_array_equal(to_numpy(keras_ortho.ortho_gradient(w)), np.zeros((4, 3)))
 
 
-@pytest.mark.parametrize(
-    "shape,mode", [((1100, 1030), "columns"), ((1030, 1100), "rows"), ((2, 1024, 1040), "auto")]
-)
+@pytest.mark.parametrize("shape,mode", [((1100, 1030), "columns"), ((1030, 1100), "rows"), ((2, 1024, 1040), "auto")])
 def test_wide_grams_built_from_blocks_match_reference(rng, shape, mode):
     """Grams of side >= 1024 (on TensorFlow assembled from their upper block triangle)."""
     w = weights(rng, shape) / np.sqrt(shape[0])

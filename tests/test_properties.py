@@ -1,12 +1,12 @@
 """Property: for any weight of rank 2 to 5, slice axis and mode, value and gradient match the reference."""
 
 import numpy as np
+import reference
+from backends import value_and_grad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import keras_ortho
-import reference
-from backends import value_and_grad
 
 
 @st.composite
@@ -24,10 +24,6 @@ def weights_and_options(draw):
 @given(weights_and_options(), st.floats(0.0, 3.0))
 def test_value_and_gradient_match_the_reference(case, factor):
     w, slice_axis, mode = case
-    value, grad = value_and_grad(
-        lambda x: keras_ortho.ortho_penalty(x, factor, slice_axis=slice_axis, mode=mode), w
-    )
+    value, grad = value_and_grad(lambda x: keras_ortho.ortho_penalty(x, factor, slice_axis=slice_axis, mode=mode), w)
     np.testing.assert_allclose(value, reference.penalty(w, factor, slice_axis, mode), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(
-        grad, reference.gradient(w, factor, slice_axis, mode), rtol=1e-10, atol=1e-12
-    )
+    np.testing.assert_allclose(grad, reference.gradient(w, factor, slice_axis, mode), rtol=1e-10, atol=1e-12)

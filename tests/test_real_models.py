@@ -1,4 +1,4 @@
-"""Every kernel of real models is sliced as the README's table says.
+"""Every kernel of real models is sliced as docs/slicing.md's table says.
 
 The models are every `keras.applications` constructor (weights=None, no top,
 the smallest input each accepts) and keras-hub backbones built from their
@@ -14,10 +14,10 @@ import re
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import BACKEND, to_numpy
+
+import keras_ortho
 
 L = keras.layers
 
@@ -31,7 +31,7 @@ KERNEL_ATTRIBUTES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwis
 
 
 def rule(layer, attribute, shape):
-    """The README's slicing table, as a kind for `reference.slices_by`."""
+    """The slicing table of docs/slicing.md, as a kind for `reference.slices_by`."""
     if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)) or attribute == "depthwise_kernel":
         return ("axis", len(shape) - 2)  # per channel
     if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
@@ -87,7 +87,11 @@ def application(name):
 def backend_marks(name):
     if name in ON_EVERY_BACKEND:
         return []
-    return [pytest.mark.skipif(BACKEND != "tensorflow", reason="all models on TensorFlow; a subset on the others, for CI's time")]
+    return [
+        pytest.mark.skipif(
+            BACKEND != "tensorflow", reason="all models on TensorFlow; a subset on the others, for CI's time"
+        )
+    ]
 
 
 def test_the_walk_covers_every_application():
@@ -116,12 +120,15 @@ def hub_backbone(name):
         return models.LlamaBackbone(num_query_heads=4, num_key_value_heads=2, **small)
     if name == "gemma":
         return models.GemmaBackbone(num_query_heads=4, num_key_value_heads=2, head_dim=4, **small)
-    return models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
-                              mlp_dim=32)
+    return models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
 
 
 @pytest.mark.filterwarnings("ignore:regularize")  # their configs cannot carry regularizers (tested elsewhere)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=backend_marks(n)) for n in ["bert", "gpt2", "llama", "gemma", "vit"]])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=backend_marks(n)) for n in ["bert", "gpt2", "llama", "gemma", "vit"]]
+)
 def test_every_kernel_of_a_keras_hub_backbone_follows_its_layer_rule(name):
     keras.utils.set_random_seed(0)
     kinds = check_every_kernel(hub_backbone(name))

@@ -7,9 +7,9 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from backends import to_numpy
 
 import keras_ortho
-from backends import to_numpy
 
 L = keras.layers
 
@@ -122,7 +122,9 @@ def test_include_and_exclude_select_by_path(include, exclude, expected):
 @pytest.mark.parametrize("include, exclude", [("nomatch*", None), (None, "*"), (["x*", "y*"], None)])
 def test_patterns_that_leave_no_kernel_warn_naming_them(include, exclude):
     model = mixed_model()
-    with pytest.warns(UserWarning, match=r"no kernel of .* is left by include=.*exclude=.*such as 'conv/kernel'") as record:
+    with pytest.warns(
+        UserWarning, match=r"no kernel of .* is left by include=.*exclude=.*such as 'conv/kernel'"
+    ) as record:
         assert keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01), include=include, exclude=exclude) == []
     assert repr(include) in str(record[0].message) and repr(exclude) in str(record[0].message)
     assert [v for v in model.weights if v.regularizer is not None] == []
@@ -185,7 +187,10 @@ def test_persists_through_saving(tmp_path, form):
         loaded = keras.saving.load_model(tmp_path / f"model.{form}")
     configs = {v.path: v.regularizer.get_config() for v in loaded.weights if v.regularizer is not None}
     assert sorted(configs) == KERNELS
-    assert all(c == {"factor": 0.02, "slice_axis": None, "mode": "columns", "reduction": "sum", "norm": "l1"} for c in configs.values())
+    assert all(
+        c == {"factor": 0.02, "slice_axis": None, "mode": "columns", "reduction": "sum", "norm": "l1"}
+        for c in configs.values()
+    )
     assert penalty(loaded) == pytest.approx(penalty(model), rel=1e-5)
 
 
@@ -246,7 +251,12 @@ def test_kernels_that_cannot_train_are_left_out_with_a_warning_naming_them(chang
     with pytest.warns(UserWarning, match=r"left out 1 kernel\(s\) that cannot train: 'hidden/kernel'"):
         paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.1))
     assert paths == ["head/kernel"]
-    expected = 0.1 * np.abs(to_numpy(model.get_layer("head").kernel).T @ to_numpy(model.get_layer("head").kernel) - np.eye(4)).sum()
+    expected = (
+        0.1
+        * np.abs(
+            to_numpy(model.get_layer("head").kernel).T @ to_numpy(model.get_layer("head").kernel) - np.eye(4)
+        ).sum()
+    )
     np.testing.assert_allclose(sum(float(to_numpy(v)) for v in model.losses), expected, rtol=1e-5)
 
 
@@ -258,5 +268,6 @@ def test_a_float8_layer_keeps_a_float_kernel_and_is_regularized_as_a_matrix():
         paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.1))
     assert sorted(paths) == ["head/kernel", "hidden/kernel"]
     kernel = to_numpy(hidden.kernel)
-    np.testing.assert_allclose(to_numpy(keras_ortho.slice_errors(hidden.kernel)),
-                               [np.abs(kernel.T @ kernel - np.eye(6)).sum()], rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(keras_ortho.slice_errors(hidden.kernel)), [np.abs(kernel.T @ kernel - np.eye(6)).sum()], rtol=1e-5
+    )

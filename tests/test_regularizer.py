@@ -5,12 +5,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import KERAS_VERSION, only_on, to_numpy
-from keras_ortho import OrthoRegularizer
 from models import mixed_layers_model
+
+import keras_ortho
+from keras_ortho import OrthoRegularizer
 
 # --- Config and serialization --------------------------------------------------
 
@@ -91,10 +91,13 @@ def test_constructor_rejects_bad_arguments(kwargs, error, message):
         (np.float32(1.0), {}, ValueError, r"rank >= 2.*Received: w\.shape=\(\)"),
         (np.ones((4, 3), "int32"), {}, TypeError, r"floating.*Received: w\.dtype=int32"),
         (np.ones((4, 3), "complex64"), {}, TypeError, r"Received: w\.dtype=complex64"),
-        (np.ones((4, 3, 2), "float32"), {"slice_axis": 3}, ValueError,
-         r"`slice_axis`.*\[-3, 2\].*Received: slice_axis=3"),
-        (np.ones((4, 3, 2), "float32"), {"slice_axis": -4}, ValueError,
-         r"Received: slice_axis=-4"),
+        (
+            np.ones((4, 3, 2), "float32"),
+            {"slice_axis": 3},
+            ValueError,
+            r"`slice_axis`.*\[-3, 2\].*Received: slice_axis=3",
+        ),
+        (np.ones((4, 3, 2), "float32"), {"slice_axis": -4}, ValueError, r"Received: slice_axis=-4"),
     ],
 )
 @pytest.mark.parametrize(
@@ -163,13 +166,9 @@ def test_layer_losses_match_reference_for_common_layers():
     conv = keras.layers.Conv2D(4, 3, kernel_regularizer=regularized())
     x = conv(inputs)  # (4, 4, 4)
     x = keras.layers.Reshape((4, 16))(x)
-    einsum = keras.layers.EinsumDense(
-        "abc,cde->abde", output_shape=(None, 2, 5), kernel_regularizer=regularized()
-    )
+    einsum = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 5), kernel_regularizer=regularized())
     x = keras.layers.Reshape((4, 10))(einsum(x))
-    attention = keras.layers.MultiHeadAttention(
-        num_heads=2, key_dim=3, kernel_regularizer=regularized()
-    )
+    attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, kernel_regularizer=regularized())
     x = attention(x, x)
     dense = keras.layers.Dense(7, kernel_regularizer=regularized())
     outputs = dense(keras.layers.Flatten()(x))
@@ -180,9 +179,7 @@ def test_layer_losses_match_reference_for_common_layers():
         einsum: [reference.penalty(einsum.kernel.numpy(), 0.05)],
         dense: [reference.penalty(dense.kernel.numpy(), 0.05)],
         attention: [
-            reference.penalty(
-                kernel.numpy(), 0.05, attention_output=kernel.path.endswith("attention_output/kernel")
-            )
+            reference.penalty(kernel.numpy(), 0.05, attention_output=kernel.path.endswith("attention_output/kernel"))
             for kernel in attention.trainable_weights
             if kernel.path.endswith("/kernel")
         ],
@@ -195,15 +192,11 @@ def test_embedding_table_is_one_slice_of_its_columns():
     embedding = keras.layers.Embedding(1000, 8, embeddings_regularizer=regularized())
     embedding.build((None,))
     table = embedding.embeddings.numpy()
-    np.testing.assert_allclose(
-        float(to_numpy(embedding.losses[0])), reference.penalty(table, 0.05), rtol=1e-5
-    )
+    np.testing.assert_allclose(float(to_numpy(embedding.losses[0])), reference.penalty(table, 0.05), rtol=1e-5)
 
 
 def test_multi_head_attention_is_regularized_per_head():
-    attention = keras.layers.MultiHeadAttention(
-        num_heads=4, key_dim=3, kernel_regularizer=regularized()
-    )
+    attention = keras.layers.MultiHeadAttention(num_heads=4, key_dim=3, kernel_regularizer=regularized())
     x = keras.random.normal((2, 5, 10))
     attention(x, x)
     losses = [float(to_numpy(loss)) for loss in attention.losses]  # Keras asks the layer's weights
@@ -226,7 +219,7 @@ def test_multi_head_attention_is_regularized_per_head():
 
 
 def expected_losses(model):
-    """`{path: penalty}` of every regularized weight, by the README's rules, in numpy."""
+    """`{path: penalty}` of every regularized weight, by the rules of docs/slicing.md, in numpy."""
     return {
         v.path: reference.penalty(
             v.numpy(),
@@ -260,7 +253,7 @@ def test_stateless_call_losses_follow_every_rule_per_weight():
             values, [v.value for v in model.non_trainable_variables], inputs, return_losses=True
         )
     regularized = [v for v in model.trainable_variables if v.regularizer is not None]
-    by_variable = {id(v): value for v, value in zip(model.trainable_variables, values)}
+    by_variable = {id(v): value for v, value in zip(model.trainable_variables, values, strict=True)}
     expected = [
         reference.penalty(
             by_variable[id(v)],
@@ -299,7 +292,7 @@ def test_bias_error_names_the_layer_and_the_weight():
         ValueError,
         match=r"rank >= 2.*Received: w\.shape=\(3,\), for weight 'classifier/bias' of layer 'classifier' \(Dense\)",
     ):
-        layer.losses
+        _ = layer.losses
 
 
 def test_bias_error_names_the_layer_in_a_model_under_fit():

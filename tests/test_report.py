@@ -9,11 +9,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import reference
+from models import mixed_layers_model
 
 import keras_ortho
-import reference
 from keras_ortho.report import main
-from models import mixed_layers_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def saved_model(tmp_path_factory):
 
 
 def expected_errors(model, include_all=False):
-    """`{path: per-slice errors}` from the weights, by the README's rules."""
+    """`{path: per-slice errors}` from the weights, by the rules of docs/slicing.md."""
     expected = {}
     for v in model.weights:
         regularizer = getattr(v, "regularizer", None)
@@ -115,7 +115,11 @@ def run_cli(*args, cwd=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
     return subprocess.run(
         [sys.executable, "-m", "keras_ortho", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -123,8 +127,9 @@ def test_plot_into_a_missing_directory_exits_with_one_line(saved_model, tmp_path
     _, directory = saved_model
     result = run_cli("report", directory / "model.keras", "--plot", tmp_path / "missing" / "errors.png")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"keras-ortho: error: cannot write {tmp_path / 'missing' / 'errors.png'}: "
-                                                  f"no directory {tmp_path / 'missing'}"]
+    assert result.stderr.strip().splitlines() == [
+        f"keras-ortho: error: cannot write {tmp_path / 'missing' / 'errors.png'}: no directory {tmp_path / 'missing'}"
+    ]
 
 
 def test_plot_to_a_format_matplotlib_cannot_write_exits_with_one_line(saved_model, tmp_path):
@@ -215,9 +220,7 @@ def test_bad_files_exit_non_zero_with_one_line_and_no_traceback(tmp_path, make, 
 
 def test_console_script_is_installed():
     # Installed beside the interpreter, which need not be on PATH (a venv not activated).
-    script = shutil.which("keras-ortho", path=os.path.dirname(sys.executable)) or shutil.which(
-        "keras-ortho"
-    )
+    script = shutil.which("keras-ortho", path=os.path.dirname(sys.executable)) or shutil.which("keras-ortho")
     assert script is not None, "install the project: pip install -e '.[test]'"
     result = subprocess.run([script, "report", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "--all" in result.stdout

@@ -15,7 +15,6 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-
 from backends import only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
@@ -97,10 +96,7 @@ def saved(tmp_path_factory):
     model.save_weights(directory / "model.weights.h5")
 
     run_fresh(FRESH_LOADER, directory, TESTS_DIR)
-    loaded = {
-        name: dict(np.load(directory / f"loaded_{name}.npz"))
-        for name in ("keras", "h5", "json", "weights")
-    }
+    loaded = {name: dict(np.load(directory / f"loaded_{name}.npz")) for name in ("keras", "h5", "json", "weights")}
     return model, inputs, directory, loaded
 
 
@@ -118,17 +114,13 @@ def test_round_trip_keeps_regularizer_configs(saved, name):
 @pytest.mark.parametrize("name", FORMATS)
 def test_round_trip_predicts_the_same(saved, name):
     model, inputs, _, loaded = saved
-    np.testing.assert_allclose(
-        loaded[name]["predictions"], model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded[name]["predictions"], model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_round_trip_gives_the_same_regularization_loss(saved, name):
     model, _, _, loaded = saved
-    np.testing.assert_allclose(
-        loaded[name]["losses"], [float(to_numpy(loss)) for loss in model.losses], rtol=1e-6
-    )
+    np.testing.assert_allclose(loaded[name]["losses"], [float(to_numpy(loss)) for loss in model.losses], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -186,12 +178,13 @@ def test_exported_saved_model_serves_the_same(tmp_path):
     np.save(tmp_path / "inputs.npy", inputs)
     model.export(str(tmp_path / "exported"), verbose=False)
     run_fresh(
-        SERVE_SAVED_MODEL, tmp_path / "exported", tmp_path / "inputs.npy", tmp_path / "out.npy",
+        SERVE_SAVED_MODEL,
+        tmp_path / "exported",
+        tmp_path / "inputs.npy",
+        tmp_path / "out.npy",
         backend="tensorflow",
     )
-    np.testing.assert_allclose(
-        np.load(tmp_path / "out.npy"), model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 # --- Across backends -------------------------------------------------------------
@@ -240,9 +233,7 @@ def test_keras_archive_loads_on_every_backend(saved, tmp_path, target):
     assert str(loaded["backend"]) == target
     assert json.loads(str(loaded["configs"])) == regularizer_configs(model)
     np.testing.assert_allclose(loaded["predictions"], model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        loaded["losses"], [float(to_numpy(v)) for v in model.losses], rtol=1e-5
-    )
+    np.testing.assert_allclose(loaded["losses"], [float(to_numpy(v)) for v in model.losses], rtol=1e-5)
 
 
 # --- Malformed configs ----------------------------------------------------------

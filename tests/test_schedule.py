@@ -13,11 +13,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-
-import keras_ortho
 import reference
 from backends import BACKEND, KERAS_VERSION, only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
+
+import keras_ortho
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -131,7 +131,7 @@ def test_each_epoch_moves_the_kernel_by_the_scaled_analytic_gradient(compile_kwa
     steps_per_epoch = 2  # 4 zero samples in batches of 2
     model.fit(*zeros(), batch_size=2, epochs=4, verbose=0, callbacks=[schedule, kernels])
 
-    for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end)):
+    for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end, strict=True)):
         scale = schedule.scale_at(epoch)
         expected = begin.astype(np.float64)
         for _ in range(steps_per_epoch):
@@ -149,9 +149,8 @@ def test_the_scale_acts_under_mirrored_strategy(mirrored):
         model, layer = penalty_only_model()
         model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     kernels = KernelsPerEpoch(layer)
-    model.fit(*zeros(), batch_size=4, epochs=4, verbose=0,
-              callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), kernels])
-    for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end)):
+    model.fit(*zeros(), batch_size=4, epochs=4, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), kernels])
+    for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end, strict=True)):
         scale = keras_ortho.OrthoSchedule(SCHEDULE).scale_at(epoch)
         expected = begin - LR * reference.gradient(begin, FACTOR * scale)
         np.testing.assert_allclose(end, expected, rtol=1e-5, atol=1e-6, err_msg=f"epoch {epoch}")
@@ -188,8 +187,9 @@ def test_scale_is_logged_for_history_and_csv_logger(tmp_path):
     model, _ = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     path = tmp_path / "log.csv"
-    history = model.fit(*zeros(), epochs=4, verbose=0,
-                        callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), keras.callbacks.CSVLogger(path)])
+    history = model.fit(
+        *zeros(), epochs=4, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), keras.callbacks.CSVLogger(path)]
+    )
     expected = [1.0, 0.5, 0.0, 2.0]
     assert history.history["ortho/scale"] == expected
     with open(path) as f:
@@ -201,11 +201,10 @@ def test_logger_records_stay_unscaled_and_times_factor_and_scale_give_the_loss()
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     logger = keras_ortho.OrthoLogger()
     kernels = KernelsPerEpoch(layer)
-    history = model.fit(*zeros(), epochs=4, verbose=0,
-                        callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), logger, kernels])
+    history = model.fit(*zeros(), epochs=4, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), logger, kernels])
     totals = history.history[f"ortho/{layer.kernel.path}"]
     for epoch, (total, scale, loss, kernel) in enumerate(
-        zip(totals, history.history["ortho/scale"], kernels.losses, kernels.end)
+        zip(totals, history.history["ortho/scale"], kernels.losses, kernels.end, strict=True)
     ):
         np.testing.assert_allclose(total, reference.slice_errors(kernel).sum(), rtol=1e-5)
         np.testing.assert_allclose(FACTOR * scale * total, loss, rtol=1e-5, atol=1e-7, err_msg=f"epoch {epoch}")
@@ -219,7 +218,11 @@ def test_after_fit_the_regularizer_acts_with_its_own_factor_and_config():
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     model.fit(*zeros(), epochs=3, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE)])
 
-    assert regularizer.get_config() == config == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"}
+    assert (
+        regularizer.get_config()
+        == config
+        == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"}
+    )
     assert len(model.variables) == variables
     kernel = to_numpy(layer.kernel)
     np.testing.assert_allclose(to_numpy(model.losses[0]), reference.penalty(kernel, FACTOR), rtol=1e-5)
@@ -254,8 +257,13 @@ def crashed_fit(callback, error):
     model, layer = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     with pytest.raises(error, match="raised inside fit"):
-        model.fit(*zeros(samples=8), batch_size=2, epochs=2, verbose=0,
-                  callbacks=[SCALE_CALLBACKS[callback](), RaiseAtBatch(error)])
+        model.fit(
+            *zeros(samples=8),
+            batch_size=2,
+            epochs=2,
+            verbose=0,
+            callbacks=[SCALE_CALLBACKS[callback](), RaiseAtBatch(error)],
+        )
     if BACKEND == "jax" and KERAS_VERSION < (3, 15):
         # Keras 3.8's JAX fit leaves the variables empty when it raises (3.15 puts the values back
         # in a `finally`): Keras's own behaviour, which these tests are not about.
@@ -316,7 +324,9 @@ def test_a_second_fit_with_the_callback_that_crashed_goes_on():
     model, layer = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     with pytest.raises(RuntimeError):
-        model.fit(*zeros(samples=8), batch_size=2, epochs=1, verbose=0, callbacks=[callback, RaiseAtBatch(RuntimeError)])
+        model.fit(
+            *zeros(samples=8), batch_size=2, epochs=1, verbose=0, callbacks=[callback, RaiseAtBatch(RuntimeError)]
+        )
     kernels = KernelsPerEpoch(layer)
     model.fit(*zeros(), batch_size=4, epochs=1, verbose=0, callbacks=[callback, kernels])
     expected = kernels.begin[0] - LR * reference.gradient(kernels.begin[0], 0.5 * FACTOR)
@@ -361,8 +371,13 @@ def test_lazy_regularization_steps_every_nth_batch_by_n_times_the_gradient(jit_c
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
     kernels = KernelsPerBatch(layer)
     before = to_numpy(layer.kernel).copy()
-    model.fit(*zeros(samples=14), batch_size=2, epochs=1, verbose=0,
-              callbacks=[keras_ortho.OrthoSchedule({0: scale}, every=every), kernels])
+    model.fit(
+        *zeros(samples=14),
+        batch_size=2,
+        epochs=1,
+        verbose=0,
+        callbacks=[keras_ortho.OrthoSchedule({0: scale}, every=every), kernels],
+    )
     assert len(kernels.after) == 7
     for step, after in enumerate(kernels.after):
         if step % every == 0:  # steps 0, 3, 6: the penalty, times `every`
@@ -376,8 +391,14 @@ def test_lazy_regularization_steps_every_nth_batch_by_n_times_the_gradient(jit_c
 def test_lazy_regularization_leaves_evaluation_and_the_logs_with_the_plain_scale():
     model, layer = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # the kernel stays put
-    history = model.fit(*zeros(samples=6), batch_size=2, epochs=2, verbose=0, validation_data=zeros(),
-                        callbacks=[keras_ortho.OrthoSchedule({1: 0.5}, every=4)])
+    history = model.fit(
+        *zeros(samples=6),
+        batch_size=2,
+        epochs=2,
+        verbose=0,
+        validation_data=zeros(),
+        callbacks=[keras_ortho.OrthoSchedule({1: 0.5}, every=4)],
+    )
     plain = reference.penalty(to_numpy(layer.kernel), FACTOR)
     np.testing.assert_allclose(history.history["val_loss"], [plain, 0.5 * plain], rtol=1e-5)
     assert history.history["ortho/scale"] == [1.0, 0.5]
@@ -434,9 +455,7 @@ def conflicting_regression(seed=0):
     x = rng.normal(size=(256, 8)).astype("float32")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8,))
-    layer = keras.layers.Dense(
-        8, use_bias=False, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01), name="dense"
-    )
+    layer = keras.layers.Dense(8, use_bias=False, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01), name="dense")
     model = keras.Model(inputs, layer(inputs))
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
     return model, layer, x, x @ mixing

@@ -57,7 +57,7 @@ def main(rank, world_size, port, out):
         model, x, y = model_and_data()
         share = BATCH // world_size
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        result = step(model, ddp, x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share])
+        result = step(model, ddp, x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share])
     finally:
         torch.distributed.destroy_process_group()
     with open(out, "w") as f:

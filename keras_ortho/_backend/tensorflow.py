@@ -36,12 +36,10 @@ def gram(phi, mode):
         return _product(phi, phi, mode)
     sizes = [_GRAM_BLOCK] * (side // _GRAM_BLOCK) + [side % _GRAM_BLOCK] * (side % _GRAM_BLOCK > 0)
     parts = tf.split(phi, sizes, axis=axis)
-    upper = {(i, j): _product(parts[i], parts[j], mode)
-             for i in range(len(parts)) for j in range(i, len(parts))}
+    upper = {(i, j): _product(parts[i], parts[j], mode) for i in range(len(parts)) for j in range(i, len(parts))}
     block_rows = [
         tf.concat(
-            [upper[i, j] if i <= j else tf.linalg.matrix_transpose(upper[j, i])
-             for j in range(len(parts))],
+            [upper[i, j] if i <= j else tf.linalg.matrix_transpose(upper[j, i]) for j in range(len(parts))],
             axis=-1,
         )
         for i in range(len(parts))
