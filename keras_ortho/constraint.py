@@ -33,10 +33,20 @@ class OrthoConstraint(keras.constraints.Constraint):
             `keras_ortho._math.polar_factor`).
         iterations: steps of "newton_schulz" (default 24); None with "svd".
 
-    Example:
+    Raises:
+        ValueError: for an argument out of its range or choices, naming it and the value received.
+        TypeError: for an argument of the wrong type, likewise.
+        ValueError: when applied, for a weight that holds no matrices, or a
+            slice that cannot have the orthonormal side `mode` asks for.
 
-        layer = keras.layers.Dense(64, kernel_constraint=keras_ortho.OrthoConstraint())
-        keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), include="*attention*")
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> w = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+        >>> q = keras.ops.convert_to_numpy(keras_ortho.OrthoConstraint()(w))
+        >>> bool(np.allclose(q.T @ q, np.eye(3), atol=1e-5))  # the nearest orthonormal columns
+        True
+        >>> dense = keras.layers.Dense(64, kernel_constraint=keras_ortho.OrthoConstraint())
     """
 
     def __init__(

@@ -68,11 +68,28 @@ class OrthoLogger(keras.callbacks.Callback):
         batch_errors: `{path: array of shape (records, num_slices)}`.
         steps: the optimizer iteration of each row of `batch_errors`.
 
-    Example:
+    Raises:
+        ValueError: for an argument out of its range or choices, naming it and the value received.
+        TypeError: for an argument of the wrong type, likewise.
+        ImportError: for `log_dir` without TensorFlow and tensorboard installed.
 
-        logger = keras_ortho.OrthoLogger(log_dir="logs")
-        model.fit(x, y, epochs=5, callbacks=[logger, keras.callbacks.CSVLogger("log.csv")])
-        logger.errors["dense/kernel"].shape   # (5, 1): epochs x slices
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> model = keras.Sequential(
+        ...     [
+        ...         keras.Input((8,)),
+        ...         keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01), name="hidden"),
+        ...     ]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> logger = keras_ortho.OrthoLogger()  # before CSVLogger or TensorBoard in the list
+        >>> x, y = np.ones((16, 8), "float32"), np.zeros((16, 4), "float32")
+        >>> history = model.fit(x, y, epochs=3, verbose=0, callbacks=[logger])
+        >>> logger.errors["hidden/kernel"].shape  # epochs x slices
+        (3, 1)
+        >>> len(history.history["ortho/hidden/kernel"])
+        3
     """
 
     def __init__(

@@ -87,10 +87,21 @@ def regularize(
         (or removed): `dense/kernel`, the names `OrthoLogger` and the report
         use, the same for a model as built and as loaded.
 
-    Example:
+    Raises:
+        TypeError: for a `model` that is not a Keras layer, a `regularizer`
+            that is not an OrthoRegularizer, or a bad pattern.
+        ValueError: for a model that is not built.
 
-        model = keras.applications.MobileNetV2(weights=None)
-        keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4), exclude="*predictions*")
+    Examples:
+
+        >>> import keras, keras_ortho
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(2, name="head")]
+        ... )
+        >>> keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-2, reduction="mean"), exclude="head*")
+        ['hidden/kernel']
+        >>> len(model.losses)
+        1
     """
     return _put(model, regularizer, _REGULARIZER, include, exclude)
 
@@ -121,9 +132,17 @@ def constrain(
         The paths inside the model of the weights whose constraint was set
         (or removed).
 
-    Example:
+    Raises:
+        TypeError, ValueError: as for `regularize`.
 
-        keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), include="*attention*")
+    Examples:
+
+        >>> import keras, keras_ortho
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(2, name="head")]
+        ... )
+        >>> keras_ortho.constrain(model, keras_ortho.OrthoConstraint(), include="hidden*")
+        ['hidden/kernel']
     """
     return _put(model, constraint, _CONSTRAINT, include, exclude)
 

@@ -155,10 +155,16 @@ def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", n
         A 1-D backend tensor of length `num_slices`, in float32 for 16-bit
         weights and in `w`'s dtype otherwise.
 
-    Example:
+    Raises:
+        ValueError, TypeError: for a weight that holds no matrices (not floating
+            point, rank < 2, no static shape) or a bad argument, naming it.
 
-        keras_ortho.slice_errors(np.eye(3)[:, :2])   # [0.]: orthonormal columns
-        keras_ortho.slice_errors(attention_layer.trainable_weights[0])  # per head
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> w = np.stack([np.eye(4, 2), 2 * np.eye(4, 2)], axis=1).astype("float32")  # (4, 2, 2): 2 slices
+        >>> keras.ops.convert_to_numpy(keras_ortho.slice_errors(w)).tolist()  # G_1 = 4 I - I
+        [0.0, 6.0]
     """
     norm = _validation.check_norm(norm)
     return errors_of(*prepare(w, slice_axis, mode), norm)
@@ -206,6 +212,19 @@ def ortho_penalty(
 
     Returns:
         A scalar tensor in `w`'s dtype (reduced in float32 for 16-bit weights).
+
+    Raises:
+        ValueError, TypeError: as for `slice_errors`, and for `reduction="mean"`
+            with a norm that does not sum entries.
+
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> w = np.stack([np.eye(4, 2), 2 * np.eye(4, 2)], axis=1).astype("float32")
+        >>> round(float(keras_ortho.ortho_penalty(w, factor=0.5)), 6)  # 0.5 * (0 + 6)
+        3.0
+        >>> round(float(keras_ortho.ortho_penalty(w, factor=0.5, norm="fro")), 6)  # 0.5 * ||3 I||_F^2
+        9.0
     """
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
@@ -239,6 +258,19 @@ def ortho_gradient(
 
     Returns:
         A tensor of `w`'s shape and dtype.
+
+    Raises:
+        ValueError, TypeError: as for `ortho_penalty`.
+
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> w = np.stack([np.eye(4, 2), 2 * np.eye(4, 2)], axis=1).astype("float32")
+        >>> g = keras.ops.convert_to_numpy(keras_ortho.ortho_gradient(w, factor=0.5))
+        >>> g[:2, 1, :].tolist()  # 2 * 0.5 * Phi_1 sign(3 I) = Phi_1
+        [[2.0, 0.0], [0.0, 2.0]]
+        >>> float(abs(g[:, 0, :]).max())  # an orthonormal slice has no gradient
+        0.0
     """
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)

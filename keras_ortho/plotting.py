@@ -75,6 +75,13 @@ def plot_errors(
     Raises:
         ImportError: naming what to install, when matplotlib is missing.
         ValueError: when there is nothing recorded to draw.
+
+    Examples:
+
+        >>> import numpy as np, keras_ortho
+        >>> figure = keras_ortho.plot_errors({"dense/kernel": np.ones((3, 2))})  # 3 epochs x 2 slices
+        >>> type(figure).__name__
+        'Figure'
     """
     if not isinstance(source, dict) and not hasattr(source, "errors"):
         raise TypeError(

@@ -41,12 +41,22 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             `|G_i|_jk`). `slice_errors` and `OrthoLogger` measure each slice
             by the same norm. Configs saved without it load as "l1".
 
-    Example:
+    Raises:
+        ValueError: for an argument out of its range or choices, naming it and the value received.
+        TypeError: for an argument of the wrong type, likewise.
+        ValueError: when called, for a weight that holds no matrices (rank < 2,
+            no static shape), or as a layer's `activity_regularizer`.
 
-        layer = keras.layers.Dense(16, kernel_regularizer=OrthoRegularizer(0.01))
-        attention = keras.layers.MultiHeadAttention(
-            num_heads=8, key_dim=64, kernel_regularizer=OrthoRegularizer(0.01)
-        )  # each head of the four projections
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> ortho = keras_ortho.OrthoRegularizer(0.1)
+        >>> round(float(ortho(keras.Variable(np.eye(4, 3, dtype="float32")))), 6)  # orthonormal columns
+        0.0
+        >>> round(float(ortho(keras.Variable(2 * np.eye(4, 3, dtype="float32")))), 6)  # 0.1 * 3 * |4 - 1|
+        0.9
+        >>> dense = keras.layers.Dense(16, kernel_regularizer=ortho)
+        >>> attention = keras.layers.MultiHeadAttention(num_heads=8, key_dim=64, kernel_regularizer=ortho)  # per head
     """
 
     def __init__(

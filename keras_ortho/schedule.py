@@ -31,15 +31,19 @@ class OrthoSchedule(_scale.ScaleCallback):
             divided by `every`. Evaluation (`validation_data`) sees the plain
             scale. Defaults to 1 (every step).
 
-    Example, the penalty on one step in 16, with 16 times its weight:
+    Raises:
+        ValueError: for an argument out of its range or choices, naming it and the value received.
+        TypeError: for an argument of the wrong type, likewise.
 
-        model.fit(x, y, epochs=10, callbacks=[keras_ortho.OrthoSchedule(every=16)])
+    Examples:
 
-    Example, the step decay of Bansal et al. 2018 (times 1e-3 from epoch 20, and
-    so on, off from epoch 120):
-
-        schedule = keras_ortho.OrthoSchedule({20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0})
-        model.fit(x, y, epochs=200, callbacks=[schedule])
+        >>> # The step decay of Bansal et al. 2018: times 1e-3 from epoch 20, ..., off from 120.
+        >>> import keras_ortho
+        >>> schedule = keras_ortho.OrthoSchedule({20: 1e-3, 50: 1e-4, 70: 1e-6, 120: 0.0})
+        >>> [schedule.scale_at(epoch) for epoch in (0, 20, 60, 130)]
+        [1.0, 0.001, 0.0001, 0.0]
+        >>> # Lazy regularization: the penalty on one step in 16, with 16 times its weight.
+        >>> lazy = keras_ortho.OrthoSchedule(every=16)  # model.fit(..., callbacks=[lazy])
     """
 
     def __init__(self, schedule: None | Mapping[int, float] | Callable[[int], float] = None, every: int = 1):

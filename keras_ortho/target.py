@@ -39,9 +39,21 @@ class OrthoTarget(_scale.ScaleCallback):
         min_scale: lower bound of the scale (> 0). Default 1e-3.
         max_scale: upper bound of the scale (>= min_scale). Default 1e3.
 
-    Example:
+    Raises:
+        ValueError: for an argument out of its range or choices, naming it and the value received.
+        TypeError: for an argument of the wrong type, likewise.
 
-        model.fit(x, y, epochs=30, callbacks=[keras_ortho.OrthoTarget(target=0.5)])
+    Examples:
+
+        >>> import keras, numpy as np, keras_ortho
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01))]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x, y = np.ones((16, 8), "float32"), np.zeros((16, 4), "float32")
+        >>> history = model.fit(x, y, epochs=3, verbose=0, callbacks=[keras_ortho.OrthoTarget(target=0.5)])
+        >>> len(history.history["ortho/scale"])  # the scale of each epoch
+        3
     """
 
     def __init__(
