@@ -83,9 +83,9 @@ def regularize(
         exclude: the same form; matched kernels are left out.
 
     Returns:
-        The paths inside the model of the weights whose regularizer was set
-        (or removed): `dense/kernel`, the names `OrthoLogger` and the report
-        use, the same for a model as built and as loaded.
+        list[str]: the paths inside the model of the weights whose regularizer
+            was set (or removed): `dense/kernel`, the names `OrthoLogger` and
+            the report use, the same for a model as built and as loaded.
 
     Raises:
         TypeError: for a `model` that is not a Keras layer, a `regularizer`
@@ -129,8 +129,8 @@ def constrain(
         exclude: as for `regularize`.
 
     Returns:
-        The paths inside the model of the weights whose constraint was set
-        (or removed).
+        list[str]: the paths inside the model of the weights whose constraint
+            was set (or removed).
 
     Raises:
         TypeError, ValueError: as for `regularize`.

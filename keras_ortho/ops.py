@@ -152,8 +152,8 @@ def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", n
         norm: "l1", "fro", "double", "spectral" or "coherence".
 
     Returns:
-        A 1-D backend tensor of length `num_slices`, in float32 for 16-bit
-        weights and in `w`'s dtype otherwise.
+        Tensor: a 1-D backend tensor of length `num_slices`, in float32 for
+            16-bit weights and in `w`'s dtype otherwise.
 
     Raises:
         ValueError, TypeError: for a weight that holds no matrices (not floating
