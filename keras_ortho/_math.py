@@ -212,7 +212,8 @@ class _Spectral:
         # eigenvector sought but by design; built with `ops`, so that compiled
         # PyTorch traces it without leaving the graph.
         start = ops.cos(ops.arange(k, dtype=residual.dtype) * _GOLDEN_ANGLE + 0.5)
-        start = start / ops.sqrt(ops.sum(ops.square(start)))
+        # The cast: Keras's JAX `cos` gives float32 even for float64 input.
+        start = ops.cast(start / ops.sqrt(ops.sum(ops.square(start))), residual.dtype)
         vector = ops.broadcast_to(ops.expand_dims(start, -1), (*residual.shape[:-1], 1))
 
         def step(_, vector):

@@ -124,7 +124,7 @@ def plot_errors(
     heatmaps = {name: a for kind, name, a in panels if kind == "heatmap"}
     norm = _fitted_norm(LogNorm, heatmaps.values()) if heatmaps else None
     image = None
-    for ax, (kind, name, values) in zip(axes.flat, panels, strict=True):
+    for ax, (kind, name, values) in zip(axes.flat, panels, strict=False):  # a last row may have spare axes
         ax.set_title(name, fontsize=9)
         if kind == "heatmap":
             image = _slices_by_epochs(ax, values, norm, shown_epochs)
