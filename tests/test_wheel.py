@@ -2,7 +2,8 @@
 
 Built with pip (as a user's `pip install .` builds it) into a scratch
 directory, installed without dependencies into a fresh virtual environment,
-and imported there with this environment's Keras and backends on the path.
+and imported there with this environment's Keras and backends behind it on
+the path.
 """
 
 import os
@@ -50,15 +51,19 @@ def test_the_wheel_installs_alone_and_imports_every_module(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True, timeout=300)
-    # Keras and its backend from this environment, after the fresh one's own packages.
-    site = [p for p in sys.path if p.endswith("site-packages")]
+    # Keras and its backend from this environment, after the fresh one's own packages: a `.pth` file
+    # appends this environment's site-packages (where a non-editable keras_ortho may be) behind them.
+    (fresh_site,) = (venv / "lib").glob("python*/site-packages")
+    here = [p for p in sys.path if p.endswith("site-packages")]
+    (fresh_site / "outer_environment.pth").write_text("\n".join(here) + "\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
         [python, "-c", IMPORT_ALL],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(site), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     modules = result.stdout.split()
