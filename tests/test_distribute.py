@@ -225,11 +225,24 @@ def test_torch_ddp_in_a_custom_loop_steps_like_one_process(tmp_path):
 
     script, port = os.path.join(TESTS_DIR, "torch_ddp_train.py"), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    logs = [open(tmp_path / f"{rank}.log", "w") for rank in range(2)]
     ranks = [
-        subprocess.Popen([sys.executable, script, str(rank), "2", str(port), str(tmp_path / f"{rank}.json")], env=env)
+        subprocess.Popen(
+            [sys.executable, script, str(rank), "2", str(port), str(tmp_path / f"{rank}.json")],
+            env=env,
+            stdout=logs[rank],
+            stderr=subprocess.STDOUT,
+        )
         for rank in range(2)
     ]
-    assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]
+    try:
+        codes = [rank.wait(timeout=300) for rank in ranks]
+    finally:
+        for rank, log in zip(ranks, logs, strict=True):
+            if rank.poll() is None:
+                rank.kill()
+            log.close()
+    assert codes == [0, 0], [(tmp_path / f"{rank}.log").read_text()[-2000:] for rank in range(2)]
     for rank in range(2):
         with open(tmp_path / f"{rank}.json") as f:
             result = json.load(f)
