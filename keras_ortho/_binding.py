@@ -67,9 +67,7 @@ class BoundWeights:
 
     def find(self, x):
         """The bound variable Keras's stateless scope maps to the tensor `x`, else None."""
-        if not _keras_compat.in_stateless_scope():
-            return None
-        return next((v for v in list(self._weights.values()) if _keras_compat.stateless_value(v) is x), None)
+        return _keras_compat.standing_for(x, list(self._weights.values()))
 
     def __deepcopy__(self, memo):
         return BoundWeights()
@@ -103,8 +101,11 @@ def weight_behind(x, owner, attribute):
     silently by the default rule. `(None, None)` for a tensor of the user's own.
     """
     known = known_weight(x, owner)
-    if known is not None:
-        return known
+    return known if known is not None else look_up_weight(x, owner, attribute)
+
+
+def look_up_weight(x, owner, attribute):
+    """`weight_behind` for what `known_weight` does not know: the frame lookup, once per weight."""
     variable, caller = _keras_compat.calling_weight(x, owner, attribute)
     if variable is None:
         if _keras_compat.in_stateless_scope() or _keras_compat.get_stateless_scope is None:

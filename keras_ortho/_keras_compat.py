@@ -165,6 +165,17 @@ def stateless_value(variable):
     return None if scope is None else scope.get_current_value(variable)
 
 
+def standing_for(x, variables):
+    """The one of `variables` that Keras's stateless scope maps to the tensor `x` itself; else None.
+
+    `stateless_value` for many variables, with the scope looked up once.
+    """
+    scope = get_stateless_scope() if get_stateless_scope is not None else None
+    if scope is None:
+        return None
+    return next((v for v in variables if scope.get_current_value(v) is x), None)
+
+
 def in_stateless_scope():
     """Whether Keras is inside a stateless scope (`stateless_call`, JAX's `fit`)."""
     return get_stateless_scope is not None and get_stateless_scope() is not None

@@ -85,7 +85,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         known = _binding.known_weight(x, self)
         if known is None and not isinstance(x, keras.Variable):
             self._refuse_activations(x)
-        variable, rule = known if known is not None else _binding.weight_behind(x, self, "regularizer")
+        variable, rule = known if known is not None else _binding.look_up_weight(x, self, "regularizer")
         tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
         if binding is None:
             return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)

@@ -311,3 +311,11 @@ def test_steps_run_ahead_of_python_unless_a_batch_hook_is_added():
     if keras.src.backend.IS_THREAD_SAFE:  # JAX and PyTorch
         assert keras.callbacks.CallbackList([plain])._async_train
         assert not keras.callbacks.CallbackList([hooked])._async_train
+
+
+def test_the_tensor_a_scope_maps_a_variable_to_is_found_among_many():
+    a, b = keras.Variable(np.zeros((2, 2), "float32")), keras.Variable(np.zeros((2, 2), "float32"))
+    assert _keras_compat.standing_for(np.ones((2, 2)), [a, b]) is None  # no scope
+    with keras.StatelessScope(state_mapping=[(a, np.ones((2, 2), "float32")), (b, np.ones((2, 2), "float32"))]):
+        assert _keras_compat.standing_for(_keras_compat.stateless_value(b), [a, b]) is b
+        assert _keras_compat.standing_for(np.ones((2, 2), "float32"), [a, b]) is None  # equal, not the same
