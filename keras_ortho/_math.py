@@ -158,7 +158,7 @@ class _Entrywise:
         return _times(phi, self.slope(residual, _entries(residual, reduction) * scale), mode)
 
 
-_L1 = _Entrywise(ops.abs, lambda residual, c: ops.sign(residual) * (2 * c))
+_L1 = _Entrywise(ops.abs, lambda residual, c: _backend.current().sign_times(residual, 2 * c))
 _Frobenius = _Entrywise(ops.square, lambda residual, c: residual * (4 * c))
 
 

@@ -189,6 +189,39 @@ def test_tf_variable_in_eager_mode(rng):
     np.testing.assert_allclose(grad, reference.gradient(w, 0.1), rtol=1e-5, atol=1e-6)
 
 
+@only_on("torch", why="eager PyTorch leaves a result's memory layout to the caller")
+@pytest.mark.parametrize("slice_axis", [1, -2])
+def test_torch_gradient_of_middle_axis_slices_is_laid_out_as_the_weight(rng, slice_axis):
+    """Written straight in the weight's layout: autograd keeps it as it is, with no copy of it."""
+    import torch
+
+    w = weights(rng, (6, 3, 4), "float32")
+    grad = keras_ortho.ortho_gradient(torch.from_numpy(w), 0.1, slice_axis=slice_axis)
+    assert grad.is_contiguous(), grad.stride()
+    np.testing.assert_allclose(to_numpy(grad), reference.gradient(w, 0.1, slice_axis), rtol=1e-5, atol=1e-6)
+
+    leaf = torch.from_numpy(w).requires_grad_(True)
+    keras_ortho.ortho_penalty(leaf, 0.1, slice_axis=slice_axis).backward()
+    assert leaf.grad.is_contiguous()
+    np.testing.assert_allclose(to_numpy(leaf.grad), reference.gradient(w, 0.1, slice_axis), rtol=1e-5, atol=1e-6)
+
+
+@only_on("torch", why="create_graph is PyTorch's double backward")
+def test_torch_gradient_can_itself_be_differentiated(rng):
+    """`create_graph=True` (a gradient penalty on the total loss): the analytic gradient is
+    recorded, `sign(G)` held constant, so its own gradient is `2 c v sign(G)` per slice."""
+    import torch
+
+    w = weights(rng, (6, 3, 4), "float64")
+    leaf = torch.from_numpy(w).requires_grad_(True)
+    (grad,) = torch.autograd.grad(keras_ortho.ortho_penalty(leaf, 0.1), leaf, create_graph=True)
+    np.testing.assert_allclose(to_numpy(grad), reference.gradient(w, 0.1), rtol=1e-12, atol=1e-12)
+    direction = rng.normal(size=w.shape)
+    (second,) = torch.autograd.grad((grad * torch.from_numpy(direction)).sum(), leaf)
+    signs = np.sign(np.einsum("lmi,lmj->mij", w, w) - np.eye(4))
+    np.testing.assert_allclose(to_numpy(second), np.einsum("lmi,mji->lmj", 0.2 * direction, signs), rtol=1e-12)
+
+
 # --- Precision ------------------------------------------------------------------
 
 

@@ -13,6 +13,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   float64 for float64 (`keras.ops.matmul` gives neither on every backend).
 * `times_symmetric(phi, symmetric, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i`
   ("rows"), for symmetric `S_i`.
+* `sign_times(x, scale)`: `sign(x) * scale`, `scale` a scalar (a Python
+  float or a 0-d tensor), as one fresh tensor in `x`'s dtype.
 * `with_gradient(phi, options, forward, backward)`: `value` of
   `forward(phi, options) -> (value, saved)`, whose gradient with respect to `phi`
   is `backward(phi, saved, options, upstream)`, `options` being a hashable

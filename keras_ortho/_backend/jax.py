@@ -46,6 +46,11 @@ def times_symmetric(phi, symmetric, mode):
     return jnp.matmul(jnp.swapaxes(symmetric, -1, -2), phi, precision=_PRECISION)
 
 
+def sign_times(x, scale):
+    # XLA fuses the two into one pass over the residual.
+    return jnp.sign(x) * scale
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def with_gradient(phi, options, forward, backward):
     return forward(phi, options)[0]

@@ -1,5 +1,6 @@
 """TensorFlow: `tf.custom_gradient`, and Grams built from their upper block triangle."""
 
+import keras
 import tensorflow as tf
 
 # Gram matrices of side >= _BLOCKED_FROM are built from their upper block
@@ -59,6 +60,11 @@ def times_symmetric(phi, symmetric, mode):
     if mode == "columns":
         return tf.linalg.matmul(phi, symmetric)
     return tf.linalg.matmul(symmetric, phi)
+
+
+def sign_times(x, scale):
+    # Keras's multiply: a Python float scale keeps float64 at float64.
+    return keras.ops.multiply(tf.sign(x), scale)
 
 
 def with_gradient(phi, options, forward, backward):

@@ -29,9 +29,23 @@ def matmul(a, b):
 
 
 def times_symmetric(phi, symmetric, mode):
+    # The product takes phi's strides: phi is most often a transposed view of
+    # the weight (slices along a middle axis), and a gradient written straight
+    # in the weight's layout is one the autograd engine keeps as it is, where a
+    # stack-shaped one is copied to the weight's layout. Only eagerly and
+    # outside autograd (`out=` records no gradient); compiled, the compiler
+    # chooses the layout.
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (phi.requires_grad or symmetric.requires_grad)):
+        return torch.matmul(phi, symmetric) if mode == "columns" else torch.matmul(symmetric, phi)
+    out = torch.empty_like(phi)
     if mode == "columns":
-        return torch.matmul(phi, symmetric)
-    return torch.matmul(symmetric, phi)
+        return torch.matmul(phi, symmetric, out=out)
+    return torch.matmul(symmetric, phi, out=out)
+
+
+def sign_times(x, scale):
+    # One fresh tensor, scaled in place: eager PyTorch would allocate a second.
+    return torch.sign(x).mul_(scale)
 
 
 class _WithGradient(torch.autograd.Function):
