@@ -16,9 +16,13 @@ Each round runs one `fit` of 32 steps per variant (in a rotating order) on
 data in memory and times its last 16 steps, one lazy period, with a callback
 (the first 16 hold the tracing); the figures are medians per step over rounds.
 `overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
-costs inside the step what it costs alone. The penalty's rate, in GFLOP/s
-(its Grams and gradient products: `4 r c k` per `r x c` slice of Gram side
-`k`), is set against a plain float32 matmul of side 1024 on the same backend.
+costs inside the step what it costs alone; its spread is that of the rounds'
+`(ortho - plain)`, each round's pair measured side by side. The penalty's rate,
+in GFLOP/s (its Grams and gradient products: `4 r c k` per `r x c` slice of
+Gram side `k`), is set against two yardsticks on the same backend: the same
+products of these kernels alone (`products`: each kernel already laid out as its
+stack, the Gram and the gradient product and nothing else), and a plain float32
+matmul of side 1024.
 """
 
 import time
@@ -140,6 +144,39 @@ def _penalty_alone(model):
     return run, len(kernels)
 
 
+def _bare_products(model):
+    """The Gram and gradient products of every regularized kernel, alone: the matmul rate on these kernels.
+
+    Each kernel is laid out beforehand as the `(slices, rows, cols)` stack its
+    layer's rule makes of it, with `sign(G)` beside it, both dense; what is
+    timed is the two products per kernel (`backend_penalty.products`),
+    compiled as `fit` runs the step.
+    """
+    from backend_penalty import _compiled, products
+
+    from keras_ortho import _binding, _math
+    from keras_ortho import ops as ortho_ops
+
+    stacks, signs, modes = [], [], []
+    for v in model.trainable_weights:
+        regularizer = v.regularizer
+        if not isinstance(regularizer, keras_ortho.OrthoRegularizer):
+            continue
+        tensor, plan = ortho_ops.prepare(v, regularizer.slice_axis, regularizer.mode, rule=_binding.known_rule(v))
+        stack = keras.ops.convert_to_numpy(ortho_ops.to_stack(tensor, plan))
+        sign = keras.ops.convert_to_numpy(
+            keras.ops.sign(_math.gram_residual(keras.ops.convert_to_tensor(stack), plan.mode))
+        )
+        stacks.append(keras.ops.convert_to_tensor(np.ascontiguousarray(stack)))
+        signs.append(keras.ops.convert_to_tensor(np.ascontiguousarray(sign)))
+        modes.append(plan.mode)
+
+    def every_kernel(stacks, signs):
+        return [products(a, b, mode) for a, b, mode in zip(stacks, signs, modes, strict=True)]
+
+    return _compiled(every_kernel, stacks, signs)
+
+
 def penalty_flops(model):
     """Multiply-adds times 2 of the Grams and gradient products of every regularized kernel."""
     from keras_ortho import report  # its `measure` gives each kernel's slicing
@@ -174,14 +211,18 @@ def matmul_gflops(size=1024, rounds=9):
     return 2 * size**3 / seconds / 1e9
 
 
+def median_iqr(samples):
+    return float(np.median(samples)), float(np.subtract(*np.percentile(samples, [75, 25])))
+
+
 def interleaved(calls, rounds):
-    """`{variant: (median, IQR)}` of what each call returns, called in rotating order."""
+    """`{variant: [what each call returned, round by round]}`, called in rotating order."""
     names = list(calls)
     samples = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             samples[name].append(calls[name]())
-    return {n: (float(np.median(s)), float(np.subtract(*np.percentile(s, [75, 25])))) for n, s in samples.items()}
+    return samples
 
 
 def run(quick, log=print):
@@ -193,13 +234,19 @@ def run(quick, log=print):
         calls = {}
         for variant in ("plain", "ortho", "lazy"):
             calls[variant], model = _fit_call(build, variant, quick)
-        per_step = interleaved(calls, rounds)
+        samples = interleaved(calls, rounds)
+        per_step = {variant: median_iqr(s) for variant, s in samples.items()}
         # After the fits: JAX's fit donates the weights' buffers it was handed.
         penalty, kernels = _penalty_alone(model)
-        alone = median_times({"penalty": penalty}, rounds=rounds * 4, calls=2, warmup=2)["penalty"]
+        alone = median_times(
+            {"penalty": penalty, "products": _bare_products(model)}, rounds=rounds * 4, calls=2, warmup=2
+        )
         ms = {v: median * 1e3 for v, (median, _) in per_step.items()}
         spread = {v: iqr * 1e3 for v, (_, iqr) in per_step.items()}
-        ms["penalty"], spread["penalty"] = alone["median_s"] * 1e3, alone["iqr_s"] * 1e3
+        for variant in ("penalty", "products"):
+            ms[variant], spread[variant] = alone[variant]["median_s"] * 1e3, alone[variant]["iqr_s"] * 1e3
+        # The overhead of each round's regularized step over the same round's plain one.
+        overheads = [(o - p) * 1e3 / ms["penalty"] for o, p in zip(samples["ortho"], samples["plain"], strict=True)]
         row = {
             "model": name,
             "kernels": kernels,
@@ -209,14 +256,18 @@ def run(quick, log=print):
             "ortho_over_plain": ms["ortho"] / ms["plain"],
             "lazy_over_plain": ms["lazy"] / ms["plain"],
             "overhead_over_penalty": (ms["ortho"] - ms["plain"]) / ms["penalty"],
+            "overhead_over_penalty_rounds": median_iqr(overheads),
             "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,
+            "products_gflops": penalty_flops(model) / (ms["products"] / 1e3) / 1e9,
             "matmul_gflops": yardstick,
         }
         row["penalty_over_matmul"] = row["penalty_gflops"] / yardstick
+        row["penalty_over_products"] = row["penalty_gflops"] / row["products_gflops"]
         log(
             f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
             f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}; "
-            f"penalty {row['penalty_gflops']:.0f} GFLOP/s, matmul {yardstick:.0f}"
+            f"penalty {row['penalty_gflops']:.0f} GFLOP/s, these kernels' bare products "
+            f"{row['products_gflops']:.0f}, square matmul {yardstick:.0f}"
         )
         rows.append(row)
     return {"rows": rows, "steps_per_call": STEPS, "every": EVERY}
