@@ -82,7 +82,7 @@ def products_in_layout(stack, signs, mode):
 
 def autodiff_penalty(w, plan):
     """The same penalty through plain matmul and abs, for the autodiff to differentiate."""
-    gram = gram_product(ortho_ops.to_stack(w, plan), plan.mode)
+    gram = gram_product(ortho_ops.to_stack(_backend.current().to_tensor(w), plan), plan.mode)
     residual = gram - ops.eye(plan.gram_size, dtype=gram.dtype)
     return ops.cast(FACTOR * ops.sum(ops.abs(residual)), w.dtype)
 

@@ -26,7 +26,7 @@ from harness import median_times
 from keras import ops
 
 import keras_ortho
-from keras_ortho import _math
+from keras_ortho import _backend, _math
 from keras_ortho import ops as ortho_ops
 from keras_ortho._slicing import plan_slices
 
@@ -46,7 +46,7 @@ def _gram(stack, mode):
 
 def autodiff_penalty(w, plan, norm):
     """`norm`'s formula in plain `keras.ops`, left to the backend's autodiff."""
-    stack = ortho_ops.to_stack(w, plan)
+    stack = ortho_ops.to_stack(_backend.current().to_tensor(w), plan)
     if norm == "double":
         value = sum(
             ops.sum(ops.square(_gram(stack, mode) - ops.eye(side, dtype=stack.dtype)))
