@@ -278,6 +278,12 @@ def projections_table(by_backend):
     return "\n".join(lines)
 
 
+def _measured(by_backend):
+    """The sentence " Measured <date>, ..." for a per-backend section measured apart from the stamped run."""
+    dates = sorted({s["measured"][:10] for s in by_backend.values() if "measured" in s})
+    return "".join(f" Measured {d}, apart from the run stamped above." for d in dates)
+
+
 def markdown(results):
     m = results["machine"]
     parts = [
@@ -297,7 +303,7 @@ def markdown(results):
             "## Penalty plus gradient on each backend, float32",
             "",
             "TensorFlow in graph mode (`tf.function`), JAX under `jax.jit`, PyTorch eagerly; "
-            "each backend in its own process.",
+            "each backend in its own process." + _measured(results["backends"]),
             "",
             backends_table(results["backends"]),
             "",
@@ -350,11 +356,7 @@ def markdown(results):
             'in plain `keras.ops` left to the backend\'s autodiff ("double" building both Grams as its formula '
             'reads, "spectral" differentiating through the same 32 power-iteration steps); `floor` the Gram '
             f"and one gradient product on the laid-out stack. Target: ours/autodiff <= {TARGET_NORM_AUTODIFF} "
-            "(bold where missed). Each cell: ours ms (IQR), ours/autodiff, ours/floor."
-            + "".join(
-                f" Measured {d} (after the sections above)."
-                for d in sorted({s["measured"][:10] for s in results["norms"].values() if "measured" in s})
-            ),
+            "(bold where missed). Each cell: ours ms (IQR), ours/autodiff, ours/floor." + _measured(results["norms"]),
             "",
             norms_table(results["norms"]),
             "",
@@ -371,8 +373,9 @@ def markdown(results):
             "## Training step of real models, on each backend",
             "",
             "Per step, from `fit` epochs of 16 steps (so `lazy` holds one regularized step); "
-            "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it; "
-            "`overhead/penalty alone` is `(regularized - plain) / penalty alone` of the medians, then the "
+            "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it."
+            + _measured(results["steps"])
+            + " `overhead/penalty alone` is `(regularized - plain) / penalty alone` of the medians, then the "
             "median and IQR of the same ratio round by round (each round's two steps measured side by side). "
             "The penalty's GFLOP/s (its Grams and gradient products) are set against the same products of "
             "these kernels alone, laid out beforehand (goal: at least 80%), and against a square float32 "
@@ -463,5 +466,7 @@ def chart(results, path):
             ax.set_title("training step")
             ax.legend(fontsize=8)
     m = results["machine"]
-    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {m['date']}", fontsize=10)
+    later = sorted({s["measured"] for s in (results.get("backends") or {}).values() if "measured" in s})
+    when = m["date"] + "".join(f"; per-backend panel {d}" for d in later)
+    figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {when}", fontsize=10)
     figure.savefig(path, dpi=100)
