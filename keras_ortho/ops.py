@@ -90,12 +90,14 @@ def to_stack(tensor, plan):
     math takes either.
     """
     tensor = _cast(tensor, compute_dtype(tensor.dtype))
-    if plan.perm is not None:
-        tensor = _reshape(tensor, plan.view)
-        tensor = ops.transpose(tensor, plan.perm)
-    if plan.num_slices == 1:
-        return _reshape(tensor, (plan.rows, plan.cols))
-    return _reshape(tensor, (plan.num_slices, plan.rows, plan.cols))
+    shape = (plan.rows, plan.cols) if plan.num_slices == 1 else (plan.num_slices, plan.rows, plan.cols)
+    if plan.perm is None:
+        return _reshape(tensor, shape)
+    # After a transpose the reshape stays, even to the same shape: without it,
+    # PyTorch 2.13's inductor miscompiles an SVD of the transposed view under
+    # dynamic shapes (`NameError` in its generated code; the constraint's test
+    # under jit_compile on an LSTM kernel).
+    return ops.reshape(ops.transpose(_reshape(tensor, plan.view), plan.perm), shape)
 
 
 # Eager PyTorch runs each `keras.ops` call through Keras's dispatch (about
