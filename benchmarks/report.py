@@ -467,6 +467,6 @@ def chart(results, path):
             ax.legend(fontsize=8)
     m = results["machine"]
     later = sorted({s["measured"] for s in (results.get("backends") or {}).values() if "measured" in s})
-    when = m["date"] + "".join(f"; per-backend panel {d}" for d in later)
+    when = m["date"] + (f"; per-backend panel {', '.join(later)}" if later else "")
     figure.suptitle(f"keras_ortho benchmarks: {m['cpu']}, {m['cores']} cores, {versions(m)}, {when}", fontsize=10)
     figure.savefig(path, dpi=100)
