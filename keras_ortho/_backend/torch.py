@@ -35,9 +35,8 @@ def times_symmetric(phi, symmetric, mode):
     # stack-shaped one is copied to the weight's layout. Only eagerly and
     # outside autograd (`out=` records no gradient); compiled, the compiler
     # chooses the layout.
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (phi.requires_grad or symmetric.requires_grad)):
-        return torch.matmul(phi, symmetric) if mode == "columns" else torch.matmul(symmetric, phi)
-    out = torch.empty_like(phi)
+    recorded = torch.is_grad_enabled() and (phi.requires_grad or symmetric.requires_grad)
+    out = None if torch.compiler.is_compiling() or recorded else torch.empty_like(phi)
     if mode == "columns":
         return torch.matmul(phi, symmetric, out=out)
     return torch.matmul(symmetric, phi, out=out)
