@@ -58,7 +58,8 @@ def gram_product(stack, mode):
 
 def products(stack, signs, mode):
     """The floor's two products, written as plain matmuls."""
-    return gram_product(stack, mode), ops.matmul(stack, signs) if mode == "columns" else ops.matmul(signs, stack)
+    gradient = ops.matmul(stack, signs) if mode == "columns" else ops.matmul(signs, stack)
+    return gram_product(stack, mode), gradient
 
 
 def products_in_layout(stack, signs, mode):
@@ -184,12 +185,10 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
         # elementwise passes over it (|G| summed, sign(G) scaled) and the gradient
         # product, with no custom gradient, checks or planning around them.
         def bare(weight):
-            backend = _backend.current()
-            stack = ortho_ops.to_stack(weight, plan)
-            residual = _math.gram_residual(stack, plan.mode)
-            value = ops.sum(ops.abs(residual)) * FACTOR
-            gradient = backend.times_symmetric(stack, backend.sign_times(residual, 2 * FACTOR), plan.mode)
-            return value, ortho_ops.from_stack(gradient, plan, weight.dtype)
+            stack, options = ortho_ops.to_stack(weight, plan), (plan.mode, "l1", "sum")
+            value, residual = _math._forward(stack, options)
+            gradient = _math._backward(stack, residual, options, FACTOR)
+            return value * FACTOR, ortho_ops.from_stack(gradient, plan, weight.dtype)
 
         variants["bare"] = _compiled(bare, w)
     times = median_times({name: _synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)

@@ -43,14 +43,13 @@ def median_times(variants, rounds, calls=1, warmup=2):
             for _ in range(calls):
                 fn()
             samples[name].append((time.perf_counter() - start) / calls)
-    return {
-        name: {
-            "median_s": float(np.median(s)),
-            "iqr_s": float(np.subtract(*np.percentile(s, [75, 25]))),
-            "rounds": rounds,
-        }
-        for name, s in samples.items()
-    }
+    summary = {name: median_iqr(s) for name, s in samples.items()}
+    return {name: {"median_s": median, "iqr_s": iqr, "rounds": rounds} for name, (median, iqr) in summary.items()}
+
+
+def median_iqr(samples):
+    """`(median, interquartile range)` of a list of numbers, as floats."""
+    return float(np.median(samples)), float(np.subtract(*np.percentile(samples, [75, 25])))
 
 
 def _version(package):

@@ -30,7 +30,7 @@ import warnings
 
 import keras
 import numpy as np
-from harness import EXECUTION, median_times
+from harness import EXECUTION, median_iqr, median_times
 
 import keras_ortho
 
@@ -209,10 +209,6 @@ def matmul_gflops(size=1024, rounds=9):
         call = lambda: torch.matmul(a, a)  # noqa: E731
     seconds = median_times({"matmul": call}, rounds=rounds, calls=3, warmup=2)["matmul"]["median_s"]
     return 2 * size**3 / seconds / 1e9
-
-
-def median_iqr(samples):
-    return float(np.median(samples)), float(np.subtract(*np.percentile(samples, [75, 25])))
 
 
 def interleaved(calls, rounds):
