@@ -122,8 +122,8 @@ def _backward(phi, saved, options, upstream):
     return _NORMS[norm].backward(phi, saved, mode, reduction, upstream)
 
 
-def _times(phi, symmetric, mode):
-    return _backend.current().times_symmetric(phi, symmetric, mode)
+def _times(phi, symmetric, mode, scale=1.0):
+    return _backend.current().times_symmetric(phi, symmetric, mode, scale)
 
 
 def _entries(residual, reduction):
@@ -140,26 +140,32 @@ class _Entrywise:
 
     `G_i` is symmetric and depends on `Phi_i` through both of its sides, so
     the gradient is `2 Phi_i f'(G_i)`: `2 Phi_i sign(G_i)` for `|.|`,
-    `4 Phi_i G_i` for `(.)^2`. `slope(residual, c)` is `c * 2 f'(residual)`.
+    `4 Phi_i G_i` for `(.)^2`. The forward pass keeps `direction(G_i)`
+    (`sign(G_i)`, `G_i`), and the backward pass multiplies by it with the
+    scale `slope * c` (2 for `|.|`, 4 for `(.)^2`).
     """
 
-    def __init__(self, measure, slope):
-        self.measure, self.slope = measure, slope
+    def __init__(self, measure, direction, slope):
+        self.measure, self.direction, self.slope = measure, direction, slope
 
     def values(self, phi, mode):
         return _batch_sum(self.measure(gram_residual(phi, mode)))
 
     def forward(self, phi, mode, reduction):
         residual = gram_residual(phi, mode)
-        return ops.sum(self.measure(residual)) * _entries(residual, reduction), residual
+        value = ops.sum(self.measure(residual))
+        if reduction == "mean":
+            value = value * _entries(residual, reduction)
+        # Last: the direction may be written over the residual.
+        return value, self.direction(residual)
 
-    def backward(self, phi, residual, mode, reduction, scale):
-        # The slope matrix is never larger than phi in auto mode, so it takes the scale.
-        return _times(phi, self.slope(residual, _entries(residual, reduction) * scale), mode)
+    def backward(self, phi, direction, mode, reduction, scale):
+        # The scale goes into the product (no pass of its own on PyTorch).
+        return _times(phi, direction, mode, self.slope * _entries(direction, reduction) * scale)
 
 
-_L1 = _Entrywise(ops.abs, lambda residual, c: _backend.current().sign_times(residual, 2 * c))
-_Frobenius = _Entrywise(ops.square, lambda residual, c: residual * (4 * c))
+_L1 = _Entrywise(ops.abs, lambda residual: _backend.current().sign_of_residual(residual), 2)
+_Frobenius = _Entrywise(ops.square, lambda residual: residual, 4)
 
 
 class _Double:
@@ -195,7 +201,7 @@ class _Double:
     def backward(cls, phi, residual, mode, reduction, scale):
         side, small, large = cls._side(phi)
         a, _ = cls._weights(small, large, reduction)
-        return _times(phi, residual * (4 * a * scale), side)
+        return _times(phi, residual, side, 4 * a * scale)
 
 
 class _Spectral:

@@ -206,6 +206,26 @@ def test_torch_gradient_of_middle_axis_slices_is_laid_out_as_the_weight(rng, sli
     np.testing.assert_allclose(to_numpy(leaf.grad), reference.gradient(w, 0.1, slice_axis), rtol=1e-5, atol=1e-6)
 
 
+@only_on("torch", why="retain_graph is PyTorch's")
+@pytest.mark.parametrize("norm", ["l1", "fro"])
+def test_torch_backward_twice_through_one_graph_gives_the_same_gradient_twice(rng, norm):
+    """`retain_graph=True`: the second backward pass finds what the forward pass kept, unchanged."""
+    import torch
+
+    w = weights(rng, (6, 3, 4), "float64")
+    leaf = torch.from_numpy(w).requires_grad_(True)
+    value = keras_ortho.ortho_penalty(leaf, 0.1, norm=norm)
+    value.backward(retain_graph=True)
+    first = to_numpy(leaf.grad).copy()
+    value.backward()
+    stack = w.transpose(1, 0, 2)  # the 6x4 slices along axis 1
+    residual = np.einsum("mli,mlj->mij", stack, stack) - np.eye(4)
+    slope = np.sign(residual) if norm == "l1" else 2 * residual  # 2 Phi sign(G), 4 Phi G
+    expected = np.einsum("mli,mij->mlj", 2 * 0.1 * stack, slope).transpose(1, 0, 2)
+    np.testing.assert_allclose(first, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(leaf.grad), 2 * first, rtol=1e-12, atol=1e-12)
+
+
 @only_on("torch", why="create_graph is PyTorch's double backward")
 def test_torch_gradient_can_itself_be_differentiated(rng):
     """`create_graph=True` (a gradient penalty on the total loss): the analytic gradient is

@@ -11,10 +11,11 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.
 * `matmul(a, b)`: the batched product, at full float32 precision and in
   float64 for float64 (`keras.ops.matmul` gives neither on every backend).
-* `times_symmetric(phi, symmetric, mode)`: `Phi_i S_i` ("columns") or `S_i Phi_i`
-  ("rows"), for symmetric `S_i`.
-* `sign_times(x, scale)`: `sign(x) * scale`, `scale` a scalar (a Python
-  float or a 0-d tensor), as one fresh tensor in `x`'s dtype.
+* `times_symmetric(phi, symmetric, mode, scale=1.0)`: `scale Phi_i S_i`
+  ("columns") or `scale S_i Phi_i` ("rows"), for symmetric `S_i` and `scale` a
+  scalar (a Python float or a 0-d tensor of `phi`'s dtype).
+* `sign_of_residual(x)`: `sign(x)`, in `x`'s dtype; it may be written over `x`,
+  which the caller no longer reads.
 * `with_gradient(phi, options, forward, backward)`: `value` of
   `forward(phi, options) -> (value, saved)`, whose gradient with respect to `phi`
   is `backward(phi, saved, options, upstream)`, `options` being a hashable

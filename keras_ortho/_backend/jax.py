@@ -35,20 +35,23 @@ def matmul(a, b):
     return jnp.matmul(a, b, precision=_PRECISION)
 
 
-def times_symmetric(phi, symmetric, mode):
+def times_symmetric(phi, symmetric, mode, scale=1.0):
     # `S` (sign(G), G, u u^T, ...) is symmetric. Its transpose is what keeps a
     # sharded kernel's gradient local: with columns sharded over devices, GSPMD
     # shards `S` by rows (G = Phi_shard^T Phi), so `Phi S^T` contracts over
     # an unsharded axis, and `Phi S` would all-reduce a kernel-sized sum
-    # (benchmarks/collectives.py).
+    # (benchmarks/collectives.py). XLA fuses the scale into the pass that
+    # produces `S`.
+    symmetric = jnp.swapaxes(symmetric, -1, -2)
+    if not (isinstance(scale, (int, float)) and scale == 1):
+        symmetric = symmetric * scale
     if mode == "columns":
-        return jnp.matmul(phi, jnp.swapaxes(symmetric, -1, -2), precision=_PRECISION)
-    return jnp.matmul(jnp.swapaxes(symmetric, -1, -2), phi, precision=_PRECISION)
+        return jnp.matmul(phi, symmetric, precision=_PRECISION)
+    return jnp.matmul(symmetric, phi, precision=_PRECISION)
 
 
-def sign_times(x, scale):
-    # XLA fuses the two into one pass over the residual.
-    return jnp.sign(x) * scale
+def sign_of_residual(x):
+    return jnp.sign(x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

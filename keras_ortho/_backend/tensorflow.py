@@ -56,15 +56,21 @@ def matmul(a, b):
     return tf.linalg.matmul(a, b)
 
 
-def times_symmetric(phi, symmetric, mode):
+def times_symmetric(phi, symmetric, mode, scale=1.0):
+    if not _is_one(scale):
+        # Keras's multiply: a Python float scale keeps float64 at float64.
+        symmetric = keras.ops.multiply(symmetric, scale)
     if mode == "columns":
         return tf.linalg.matmul(phi, symmetric)
     return tf.linalg.matmul(symmetric, phi)
 
 
-def sign_times(x, scale):
-    # Keras's multiply: a Python float scale keeps float64 at float64.
-    return keras.ops.multiply(tf.sign(x), scale)
+def sign_of_residual(x):
+    return tf.sign(x)
+
+
+def _is_one(scale):
+    return isinstance(scale, (int, float)) and scale == 1
 
 
 def with_gradient(phi, options, forward, backward):

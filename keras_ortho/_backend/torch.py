@@ -28,23 +28,39 @@ def matmul(a, b):
     return torch.matmul(a, b)
 
 
-def times_symmetric(phi, symmetric, mode):
-    # The product takes phi's strides: phi is most often a transposed view of
-    # the weight (slices along a middle axis), and a gradient written straight
-    # in the weight's layout is one the autograd engine keeps as it is, where a
-    # stack-shaped one is copied to the weight's layout. Only eagerly and
-    # outside autograd (`out=` records no gradient); compiled, the compiler
-    # chooses the layout.
-    recorded = torch.is_grad_enabled() and (phi.requires_grad or symmetric.requires_grad)
-    out = None if torch.compiler.is_compiling() or recorded else torch.empty_like(phi)
-    if mode == "columns":
-        return torch.matmul(phi, symmetric, out=out)
-    return torch.matmul(symmetric, phi, out=out)
+def times_symmetric(phi, symmetric, mode, scale=1.0):
+    recorded = torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in (phi, symmetric, scale))
+    alpha = None if torch.compiler.is_compiling() or recorded else _host_number(scale)
+    if alpha is None:
+        # Under autograd or the compiler (and for a scale on an accelerator):
+        # plain operations, which autograd and the compiler follow.
+        if not (isinstance(scale, (int, float)) and scale == 1):
+            symmetric = symmetric * scale
+        return torch.matmul(phi, symmetric) if mode == "columns" else torch.matmul(symmetric, phi)
+    # Eagerly, one BLAS call does it all. The scale rides in the product's
+    # `alpha` (no pass over `S` to scale it), and the product takes phi's
+    # strides: phi is most often a transposed view of the weight (slices along
+    # a middle axis), and a gradient written straight in the weight's layout is
+    # one the autograd engine keeps as it is, where a stack-shaped one is
+    # copied to the weight's layout. `beta=0` ignores `out`'s contents.
+    out = torch.empty_like(phi)
+    product = torch.baddbmm if phi.dim() == 3 else torch.addmm
+    factors = (phi, symmetric) if mode == "columns" else (symmetric, phi)
+    return product(out, *factors, beta=0, alpha=alpha, out=out)
 
 
-def sign_times(x, scale):
-    # One fresh tensor, scaled in place: eager PyTorch would allocate a second.
-    return torch.sign(x).mul_(scale)
+def _host_number(scale):
+    """`scale` as a Python float, or None for a tensor on an accelerator (reading it would wait for the device)."""
+    if not torch.is_tensor(scale):
+        return float(scale)
+    return float(scale) if scale.device.type == "cpu" else None
+
+
+def sign_of_residual(x):
+    # Written over the residual where nothing records it: no Gram-sized allocation.
+    if x.requires_grad and torch.is_grad_enabled():
+        return torch.sign(x)
+    return x.sign_()
 
 
 class _WithGradient(torch.autograd.Function):
