@@ -182,8 +182,9 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
         variants["floor+layout"] = _compiled(laid_out, w, signs)
 
         # The work `ours` does, called bare: the layout change, the Gram, the
-        # elementwise passes over it (|G| summed, sign(G) scaled) and the gradient
-        # product, with no custom gradient, checks or planning around them.
+        # elementwise passes over it (|G| summed, sign(G)) and the gradient
+        # product with its scale, with no custom gradient, checks or planning
+        # around them.
         def bare(weight):
             stack, options = ortho_ops.to_stack(weight, plan), (plan.mode, "l1", "sum")
             value, residual = _math._forward(stack, options)

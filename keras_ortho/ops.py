@@ -97,15 +97,16 @@ def to_stack(tensor, plan):
     # PyTorch 2.13's inductor miscompiles an SVD of the transposed view under
     # dynamic shapes (`NameError` in its generated code; the constraint's test
     # under jit_compile on an LSTM kernel).
-    return ops.reshape(ops.transpose(_reshape(tensor, plan.view), plan.perm), shape)
+    backend = _backend.current()
+    return backend.reshape(backend.transpose(_reshape(tensor, plan.view), plan.perm), shape)
 
 
-# Eager PyTorch runs each `keras.ops` call through Keras's dispatch (about
-# 70 us for a reshape, measured): the ones that would change nothing are skipped.
+# Eager PyTorch runs each operation through its dispatch (and each `keras.ops`
+# call through Keras's as well): the ones that would change nothing are skipped.
 
 
 def _reshape(tensor, shape):
-    return tensor if tuple(tensor.shape) == tuple(shape) else ops.reshape(tensor, shape)
+    return tensor if tuple(tensor.shape) == tuple(shape) else _backend.current().reshape(tensor, shape)
 
 
 def _cast(tensor, dtype):
@@ -119,7 +120,7 @@ def from_stack(stack, plan, dtype):
     else:
         moved = _reshape(stack, [plan.view[i] for i in plan.perm])
         inverse = sorted(range(len(plan.perm)), key=plan.perm.__getitem__)
-        out = _reshape(ops.transpose(moved, inverse), plan.shape)
+        out = _reshape(_backend.current().transpose(moved, inverse), plan.shape)
     return _cast(out, keras.backend.standardize_dtype(dtype))
 
 

@@ -6,6 +6,9 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 
 * `to_tensor(w)`: a backend tensor of `w` (a Keras variable, array or tensor)
   that the backend's autodiff follows back to the variable.
+* `reshape(x, shape)`, `transpose(x, perm)`: the backend's own (each
+  `keras.ops` call costs eager PyTorch about 20 us of dispatch; these are on
+  the path of every weight at every step).
 * `gram(phi, mode)`: `Phi_i^T Phi_i` ("columns") or `Phi_i Phi_i^T` ("rows")
   of a `(m, rows, cols)` stack or one `(rows, cols)` matrix.
 * `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.

@@ -20,6 +20,14 @@ def to_tensor(w):
     return keras.ops.convert_to_tensor(w)
 
 
+def reshape(x, shape):
+    return jnp.reshape(x, shape)
+
+
+def transpose(x, perm):
+    return jnp.transpose(x, perm)
+
+
 def gram(phi, mode):
     if mode == "columns":
         return jnp.matmul(jnp.swapaxes(phi, -1, -2), phi, precision=_PRECISION)

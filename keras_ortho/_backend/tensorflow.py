@@ -24,6 +24,14 @@ def _product(a, b, mode):
     return tf.linalg.matmul(a, b, adjoint_b=True)
 
 
+def reshape(x, shape):
+    return tf.reshape(x, shape)
+
+
+def transpose(x, perm):
+    return tf.transpose(x, perm)
+
+
 def gram(phi, mode):
     """The Gram, from side `_BLOCKED_FROM` on assembled from its upper block triangle.
 

@@ -10,6 +10,14 @@ def to_tensor(w):
     return keras.ops.convert_to_tensor(w)
 
 
+def reshape(x, shape):
+    return torch.reshape(x, shape)
+
+
+def transpose(x, perm):
+    return torch.permute(x, perm)
+
+
 def gram(phi, mode):
     # torch.matmul keeps float64 in float64 (keras.ops.matmul computes it in float32).
     if mode == "columns":
