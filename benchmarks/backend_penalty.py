@@ -68,8 +68,10 @@ def products_in_layout(stack, signs, mode):
     The stack of a weight sliced along a middle axis is a transposed view of
     the weight; a gradient in that layout is, viewed back, dense in the
     weight's, as an optimizer needs it. PyTorch's eager products take an `out=`
-    of any strides at no extra cost (measured: 5.27 ms against 5.25 for
-    (8, 512, 512)); TensorFlow and JAX lay out every result themselves.
+    of any strides, the cheapest way to that layout measured (on (8, 512, 512)
+    slices, 5.31 ms against 5.17 for the plain product and 5.71 for the product
+    then a copy; on twelve 768x64 heads, 0.29, 0.20 and 0.29 ms); TensorFlow
+    and JAX lay out every result themselves.
     """
     if keras.backend.backend() != "torch":
         return products(stack, signs, mode)
