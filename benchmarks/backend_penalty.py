@@ -154,6 +154,37 @@ def _synced(fn):
     return fn
 
 
+def _torch_minimum():
+    """PyTorch: the L1 penalty of a stack as one hand-written `torch.autograd.Function`.
+
+    The same math as `ours` in plain torch calls, with no Keras, checks or
+    planning: the Gram, `- I` on its diagonal, `|G|` summed, `sign(G)` in
+    place, and the gradient product with the scale as its `alpha`, written in
+    the stack's strides.
+    """
+    import torch
+
+    class Minimum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, stack, columns):
+            gram = stack.mT @ stack if columns else stack @ stack.mT
+            gram.diagonal(dim1=-2, dim2=-1).sub_(1)
+            value = gram.abs().sum()
+            ctx.save_for_backward(stack, gram.sign_())
+            ctx.columns = columns
+            return value
+
+        @staticmethod
+        def backward(ctx, upstream):
+            stack, signs = ctx.saved_tensors
+            out = torch.empty_like(stack)
+            factors = (stack, signs) if ctx.columns else (signs, stack)
+            product = torch.baddbmm if stack.dim() == 3 else torch.addmm
+            return product(out, *factors, beta=0, alpha=2 * float(upstream), out=out), None
+
+    return Minimum
+
+
 def flops(plan):
     """Multiply-adds x 2 of the Gram and of the gradient product."""
     other = plan.rows if plan.mode == "columns" else plan.cols
@@ -194,6 +225,17 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
             return value * FACTOR, ortho_ops.from_stack(gradient, plan, weight.dtype)
 
         variants["bare"] = _compiled(bare, w)
+        if keras.backend.backend() == "torch":
+            # What any eager PyTorch implementation of this math pays: the
+            # autograd machinery and the unfused passes over the Gram.
+            minimum = _torch_minimum()
+            stack_shape = (plan.num_slices, plan.rows, plan.cols)
+
+            def minimal(weight):
+                stack = weight.reshape(plan.view).permute(plan.perm).reshape(stack_shape)
+                return FACTOR * minimum.apply(stack, plan.mode == "columns")
+
+            variants["minimum"] = _value_and_grad(minimal, w)
     times = median_times({name: _synced(fn) for name, fn in variants.items()}, rounds=rounds, calls=calls)
     return penalty_row(label, shape, dtype, EXECUTION[keras.backend.backend()], plan, times)
 
@@ -221,6 +263,14 @@ def penalty_row(label, shape, dtype, execution, plan, times):
                 "ours/bare": ms["ours"] / ms["bare"],
             }
             if "floor+layout" in ms
+            else {}
+        ),
+        **(
+            {
+                "minimum/(floor+layout)": ms["minimum"] / ms["floor+layout"],
+                "ours/minimum": ms["ours"] / ms["minimum"],
+            }
+            if "minimum" in ms
             else {}
         ),
         "ours_gflops": flops(plan) / ms["ours"] / 1e6,
