@@ -206,6 +206,23 @@ def test_torch_gradient_of_middle_axis_slices_is_laid_out_as_the_weight(rng, sli
     np.testing.assert_allclose(to_numpy(leaf.grad), reference.gradient(w, 0.1, slice_axis), rtol=1e-5, atol=1e-6)
 
 
+@only_on("torch", why="eager PyTorch reads a scale on the CPU into the product's alpha")
+def test_torch_scale_left_on_its_device_gives_the_same_gradient_laid_out_the_same(rng, monkeypatch):
+    """A scale on an accelerator is not read on the host (that would wait for the device)."""
+    import torch
+
+    from keras_ortho._backend import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "_host_number", lambda scale: None)
+    w = weights(rng, (6, 3, 4), "float32")
+    grad = keras_ortho.ortho_gradient(torch.from_numpy(w), 0.1)
+    assert grad.is_contiguous(), grad.stride()
+    np.testing.assert_allclose(to_numpy(grad), reference.gradient(w, 0.1), rtol=1e-5, atol=1e-6)
+    leaf = torch.from_numpy(w).requires_grad_(True)
+    keras_ortho.ortho_penalty(leaf, 0.1).backward()
+    np.testing.assert_allclose(to_numpy(leaf.grad), reference.gradient(w, 0.1), rtol=1e-5, atol=1e-6)
+
+
 @only_on("torch", why="retain_graph is PyTorch's")
 @pytest.mark.parametrize("norm", ["l1", "fro"])
 def test_torch_backward_twice_through_one_graph_gives_the_same_gradient_twice(rng, norm):

@@ -37,13 +37,11 @@ def matmul(a, b):
 
 
 def times_symmetric(phi, symmetric, mode, scale=1.0):
+    unit = isinstance(scale, (int, float)) and scale == 1
     recorded = torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in (phi, symmetric, scale))
-    alpha = None if torch.compiler.is_compiling() or recorded else _host_number(scale)
-    if alpha is None:
-        # Under autograd or the compiler (and for a scale on an accelerator):
-        # plain operations, which autograd and the compiler follow.
-        if not (isinstance(scale, (int, float)) and scale == 1):
-            symmetric = symmetric * scale
+    if torch.compiler.is_compiling() or recorded:
+        # Plain operations, which autograd and the compiler follow.
+        symmetric = symmetric if unit else symmetric * scale
         return torch.matmul(phi, symmetric) if mode == "columns" else torch.matmul(symmetric, phi)
     # Eagerly, one BLAS call does it all. The scale rides in the product's
     # `alpha` (no pass over `S` to scale it), and the product takes phi's
@@ -51,6 +49,9 @@ def times_symmetric(phi, symmetric, mode, scale=1.0):
     # a middle axis), and a gradient written straight in the weight's layout is
     # one the autograd engine keeps as it is, where a stack-shaped one is
     # copied to the weight's layout. `beta=0` ignores `out`'s contents.
+    alpha = _host_number(scale)
+    if alpha is None:  # on an accelerator: `S` is scaled there, as a float would wait for the device
+        symmetric, alpha = symmetric * scale, 1.0
     out = torch.empty_like(phi)
     product = torch.baddbmm if phi.dim() == 3 else torch.addmm
     factors = (phi, symmetric) if mode == "columns" else (symmetric, phi)
