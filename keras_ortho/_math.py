@@ -122,7 +122,7 @@ def _backward(phi, saved, options, upstream):
     return _NORMS[norm].backward(phi, saved, mode, reduction, upstream)
 
 
-def _times(phi, symmetric, mode, scale=1.0):
+def _times(phi, symmetric, mode, scale):
     return _backend.current().times_symmetric(phi, symmetric, mode, scale)
 
 

@@ -14,9 +14,9 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `minus_identity(gram)`: `gram - I`, the Gram being the backend's own fresh tensor.
 * `matmul(a, b)`: the batched product, at full float32 precision and in
   float64 for float64 (`keras.ops.matmul` gives neither on every backend).
-* `times_symmetric(phi, symmetric, mode, scale=1.0)`: `scale Phi_i S_i`
+* `times_symmetric(phi, symmetric, mode, scale=None)`: `scale Phi_i S_i`
   ("columns") or `scale S_i Phi_i` ("rows"), for symmetric `S_i` and `scale` a
-  scalar (a Python float or a 0-d tensor of `phi`'s dtype).
+  scalar (a Python float or a 0-d tensor of `phi`'s dtype; None for none).
 * `sign_of_residual(x)`: `sign(x)`, in `x`'s dtype; it may be written over `x`,
   which the caller no longer reads.
 * `with_gradient(phi, options, forward, backward)`: `value` of

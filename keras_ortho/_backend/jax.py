@@ -43,7 +43,7 @@ def matmul(a, b):
     return jnp.matmul(a, b, precision=_PRECISION)
 
 
-def times_symmetric(phi, symmetric, mode, scale=1.0):
+def times_symmetric(phi, symmetric, mode, scale=None):
     # `S` (sign(G), G, u u^T, ...) is symmetric. Its transpose is what keeps a
     # sharded kernel's gradient local: with columns sharded over devices, GSPMD
     # shards `S` by rows (G = Phi_shard^T Phi), so `Phi S^T` contracts over
@@ -51,7 +51,7 @@ def times_symmetric(phi, symmetric, mode, scale=1.0):
     # (benchmarks/collectives.py). XLA fuses the scale into the pass that
     # produces `S`.
     symmetric = jnp.swapaxes(symmetric, -1, -2)
-    if not (isinstance(scale, (int, float)) and scale == 1):
+    if scale is not None:
         symmetric = symmetric * scale
     if mode == "columns":
         return jnp.matmul(phi, symmetric, precision=_PRECISION)

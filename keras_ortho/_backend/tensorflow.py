@@ -64,8 +64,8 @@ def matmul(a, b):
     return tf.linalg.matmul(a, b)
 
 
-def times_symmetric(phi, symmetric, mode, scale=1.0):
-    if not _is_one(scale):
+def times_symmetric(phi, symmetric, mode, scale=None):
+    if scale is not None:
         # Keras's multiply: a Python float scale keeps float64 at float64.
         symmetric = keras.ops.multiply(symmetric, scale)
     if mode == "columns":
@@ -75,10 +75,6 @@ def times_symmetric(phi, symmetric, mode, scale=1.0):
 
 def sign_of_residual(x):
     return tf.sign(x)
-
-
-def _is_one(scale):
-    return isinstance(scale, (int, float)) and scale == 1
 
 
 def with_gradient(phi, options, forward, backward):

@@ -36,12 +36,11 @@ def matmul(a, b):
     return torch.matmul(a, b)
 
 
-def times_symmetric(phi, symmetric, mode, scale=1.0):
-    unit = isinstance(scale, (int, float)) and scale == 1
+def times_symmetric(phi, symmetric, mode, scale=None):
     recorded = torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in (phi, symmetric, scale))
     if torch.compiler.is_compiling() or recorded:
         # Plain operations, which autograd and the compiler follow.
-        symmetric = symmetric if unit else symmetric * scale
+        symmetric = symmetric if scale is None else symmetric * scale
         return torch.matmul(phi, symmetric) if mode == "columns" else torch.matmul(symmetric, phi)
     # Eagerly, one BLAS call does it all. The scale rides in the product's
     # `alpha` (no pass over `S` to scale it), and the product takes phi's
@@ -59,7 +58,9 @@ def times_symmetric(phi, symmetric, mode, scale=1.0):
 
 
 def _host_number(scale):
-    """`scale` as a Python float, or None for a tensor on an accelerator (reading it would wait for the device)."""
+    """`scale` as a Python float (1.0 for none), or None for a tensor on an accelerator (reading it would wait)."""
+    if scale is None:
+        return 1.0
     if not torch.is_tensor(scale):
         return float(scale)
     return float(scale) if scale.device.type == "cpu" else None
