@@ -200,9 +200,9 @@ def steps_table(by_backend):
     """One row per backend and model: ms per step of each variant, and the ratios."""
     lines = [
         "| backend | model | kernels | plain ms | regularized ms | lazy (1 in 16) ms | penalty alone ms "
-        "| regularized/plain | lazy/plain | overhead/penalty alone | penalty GFLOP/s "
-        "| of these kernels' bare products | of a square matmul's |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| one kernel at a time ms | regularized/plain | lazy/plain | overhead/penalty alone "
+        "| overhead/one at a time | penalty GFLOP/s | of these kernels' bare products | of a square matmul's |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, section in by_backend.items():
         for r in section["rows"]:
@@ -210,19 +210,24 @@ def steps_table(by_backend):
             cell = lambda v, ms=ms, iqr=iqr: f"{ms[v]:.1f} (IQR {iqr[v]:.1f})"  # noqa: E731
             lines.append(
                 f"| {backend} ({r['execution']}) | {r['model']} | {r['kernels']} | {cell('plain')} | {cell('ortho')} "
-                f"| {cell('lazy')} | {cell('penalty')} | {r['ortho_over_plain']:.2f} | {r['lazy_over_plain']:.2f} "
-                f"| {_overhead_cell(r)} | {r['penalty_gflops']:.0f} | {_share(r, 'penalty_over_products')} "
+                f"| {cell('lazy')} | {cell('penalty')} | {cell('serial') if 'serial' in ms else 'not measured'} "
+                f"| {r['ortho_over_plain']:.2f} | {r['lazy_over_plain']:.2f} "
+                f"| {_overhead_cell(r)} | {_overhead_cell(r, 'serial')} | {r['penalty_gflops']:.0f} "
+                f"| {_share(r, 'penalty_over_products')} "
                 f"| {r['penalty_over_matmul']:.0%} |"
             )
     return "\n".join(lines)
 
 
-def _overhead_cell(row):
+def _overhead_cell(row, yardstick="penalty"):
     """The ratio of medians, and (from rounds measured since) the median and IQR of each round's."""
-    if "overhead_over_penalty_rounds" not in row:
-        return f"{row['overhead_over_penalty']:.2f}"
-    median, iqr = row["overhead_over_penalty_rounds"]
-    return f"{row['overhead_over_penalty']:.2f} (rounds: {median:.2f}, IQR {iqr:.2f})"
+    key = f"overhead_over_{yardstick}"
+    if key not in row:
+        return "not measured"
+    if f"{key}_rounds" not in row:
+        return f"{row[key]:.2f}"
+    median, iqr = row[f"{key}_rounds"]
+    return f"{row[key]:.2f} (rounds: {median:.2f}, IQR {iqr:.2f})"
 
 
 def _share(row, key):
@@ -381,10 +386,15 @@ def markdown(results):
             "## Training step of real models, on each backend",
             "",
             "Per step, from `fit` epochs of 16 steps (so `lazy` holds one regularized step); "
-            "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it."
+            "`penalty alone` is value and gradient of every kernel's penalty, compiled as `fit` runs it, and "
+            "`one kernel at a time` the same with each kernel waiting for the last one's gradient."
             + _measured(results["steps"])
             + " `overhead/penalty alone` is `(regularized - plain) / penalty alone` of the medians, then the "
-            "median and IQR of the same ratio round by round (each round's two steps measured side by side). "
+            "median and IQR of the same ratio round by round (each round's two steps measured side by side); "
+            "`overhead/one at a time` the same against the serial figure. Alone on idle cores, TensorFlow's "
+            "graph runs independent kernels' penalties side by side; in a step the model's own operations "
+            "keep the cores busy, and the penalty costs what it costs one kernel at a time (eager PyTorch "
+            "always runs it so, and XLA on the CPU measured the same both ways). "
             "The penalty's GFLOP/s (its Grams and gradient products) are set against the same products of "
             "these kernels alone, laid out beforehand (goal: at least 80%), and against a square float32 "
             "matmul of side 1024.",

@@ -1,8 +1,10 @@
 """What the penalty costs inside a training step of real models, on the running backend.
 
 For ResNet50 (32x32 images, batch 32) and a small BERT (4 layers, 256 wide,
-sequences of 128, batch 16), from the same initial weights and batches, timed
-interleaved in one process:
+sequences of 64, batch 8), from the same initial weights and batches, timed
+interleaved in one process. BERT's batch is kept small so that its penalty is
+a share of the step that rounds can resolve: at 16 sequences of 128 it was 3
+to 5% of the step, within the step's own spread from round to round.
 
 * `plain`: `fit` without regularizer.
 * `ortho`: every kernel regularized by `OrthoRegularizer(1e-2, reduction="mean")`
@@ -11,13 +13,17 @@ interleaved in one process:
   in 16, with 16 times the weight (StyleGAN2's lazy regularization).
 * `penalty`: the penalty of every kernel and its gradient alone, compiled
   as the backend's `fit` runs it (TensorFlow graph, `jax.jit`, PyTorch eagerly).
+* `serial`: the same, one kernel after another. Alone on idle cores, TensorFlow
+  runs independent kernels' penalties side by side; inside a step, where the
+  model's own operations keep the cores busy, they cannot gain from that.
 
 Each round runs one `fit` of 32 steps per variant (in a rotating order) on
 data in memory and times its last 16 steps, one lazy period, with a callback
 (the first 16 hold the tracing); the figures are medians per step over rounds.
 `overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
 costs inside the step what it costs alone; its spread is that of the rounds'
-`(ortho - plain)`, each round's pair measured side by side. The penalty's rate,
+`(ortho - plain)`, each round's pair measured side by side. The same ratio
+is given against `serial`. The penalty's rate,
 in GFLOP/s (its Grams and gradient products: `4 r c k` per `r x c` slice of
 Gram side `k`), is set against two yardsticks on the same backend: the same
 products of these kernels alone (`products`: each kernel already laid out as its
@@ -65,7 +71,7 @@ def resnet(quick):
 def bert(quick):
     import keras_hub
 
-    layers, width, length, batch = (1, 32, 16, 4) if quick else (4, 256, 128, 16)
+    layers, width, length, batch = (1, 32, 16, 4) if quick else (4, 256, 64, 8)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=1000,
         num_layers=layers,
@@ -106,8 +112,16 @@ def _fit_call(build, variant, quick):
     return call, model
 
 
-def _penalty_alone(model):
-    """Value and gradient of the penalty of every regularized kernel, compiled as `fit` runs it."""
+def _penalty_alone(model, serial=False):
+    """Value and gradient of the penalty of every regularized kernel, compiled as `fit` runs it.
+
+    With `serial`, each kernel's value and gradient wait for the previous
+    kernel's gradient: the kernels one at a time, as they run between the
+    model's own operations in a step that keeps every core busy. Without it the
+    backend may run independent kernels side by side on idle cores (TensorFlow's
+    graph executor does), which no training step leaves free. Eager PyTorch
+    runs them one at a time either way.
+    """
     kernels = [v for v in model.trainable_weights if isinstance(v.regularizer, keras_ortho.OrthoRegularizer)]
     backend = keras.backend.backend()
 
@@ -123,15 +137,36 @@ def _penalty_alone(model):
                 value = total(kernels)
             return value, tape.gradient(value, [v.value for v in kernels])
 
-        return run, len(kernels)
+        @tf.function
+        def run_serial():
+            value, gradients = 0.0, []
+            for v in kernels:
+                # Every op made here, the variable's read first, waits for the last gradient.
+                with tf.control_dependencies(gradients[-1:]):
+                    with tf.GradientTape() as tape:
+                        one = v.regularizer(v)
+                    gradients.append(tape.gradient(one, v.value))
+                value += one
+            return value, gradients
+
+        return (run_serial if serial else run), len(kernels)
     if backend == "jax":
         import jax
 
-        def of_values(values):
-            with keras.StatelessScope(list(zip(kernels, values, strict=True))):
-                return total(kernels)
+        def of_values(values, variables=kernels):
+            with keras.StatelessScope(list(zip(variables, values, strict=True))):
+                return total(variables)
 
-        step = jax.jit(jax.value_and_grad(of_values))
+        def of_values_serial(values):
+            value, gradients = 0.0, []
+            for v, w in zip(kernels, values, strict=True):
+                if gradients:  # w is read only once the last gradient is there
+                    gradients[-1], w = jax.lax.optimization_barrier((gradients[-1], w))
+                one, gradient = jax.value_and_grad(lambda w, v=v: of_values(w, [v]))([w])
+                value, gradients = value + one, gradients + gradient
+            return value, gradients
+
+        step = jax.jit(of_values_serial if serial else jax.value_and_grad(of_values))
         values = [v.value for v in kernels]
         return (lambda: jax.block_until_ready(step(values))), len(kernels)
     parameters = [v.value for v in kernels]
@@ -234,15 +269,18 @@ def run(quick, log=print):
         per_step = {variant: median_iqr(s) for variant, s in samples.items()}
         # After the fits: JAX's fit donates the weights' buffers it was handed.
         penalty, kernels = _penalty_alone(model)
-        alone = median_times(
-            {"penalty": penalty, "products": _bare_products(model)}, rounds=rounds * 4, calls=2, warmup=2
-        )
+        alone = {"penalty": penalty, "products": _bare_products(model)}
+        if keras.backend.backend() != "torch":  # eager PyTorch's penalty already runs one kernel at a time
+            alone["serial"] = _penalty_alone(model, serial=True)[0]
+        alone = median_times(alone, rounds=rounds * 4, calls=2, warmup=2)
         ms = {v: median * 1e3 for v, (median, _) in per_step.items()}
         spread = {v: iqr * 1e3 for v, (_, iqr) in per_step.items()}
-        for variant in ("penalty", "products"):
+        for variant in alone:
             ms[variant], spread[variant] = alone[variant]["median_s"] * 1e3, alone[variant]["iqr_s"] * 1e3
+        ms.setdefault("serial", ms["penalty"])
+        spread.setdefault("serial", spread["penalty"])
         # The overhead of each round's regularized step over the same round's plain one.
-        overheads = [(o - p) * 1e3 / ms["penalty"] for o, p in zip(samples["ortho"], samples["plain"], strict=True)]
+        overheads = [(o - p) * 1e3 for o, p in zip(samples["ortho"], samples["plain"], strict=True)]
         row = {
             "model": name,
             "kernels": kernels,
@@ -252,7 +290,9 @@ def run(quick, log=print):
             "ortho_over_plain": ms["ortho"] / ms["plain"],
             "lazy_over_plain": ms["lazy"] / ms["plain"],
             "overhead_over_penalty": (ms["ortho"] - ms["plain"]) / ms["penalty"],
-            "overhead_over_penalty_rounds": median_iqr(overheads),
+            "overhead_over_penalty_rounds": median_iqr([o / ms["penalty"] for o in overheads]),
+            "overhead_over_serial": (ms["ortho"] - ms["plain"]) / ms["serial"],
+            "overhead_over_serial_rounds": median_iqr([o / ms["serial"] for o in overheads]),
             "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,
             "products_gflops": penalty_flops(model) / (ms["products"] / 1e3) / 1e9,
             "matmul_gflops": yardstick,
@@ -261,7 +301,8 @@ def run(quick, log=print):
         row["penalty_over_products"] = row["penalty_gflops"] / row["products_gflops"]
         log(
             f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
-            f"penalty alone {ms['penalty']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f}; "
+            f"penalty alone {ms['penalty']:.1f} (one kernel at a time {ms['serial']:.1f}); "
+            f"overhead/penalty {row['overhead_over_penalty']:.2f} (/one at a time {row['overhead_over_serial']:.2f}); "
             f"penalty {row['penalty_gflops']:.0f} GFLOP/s, these kernels' bare products "
             f"{row['products_gflops']:.0f}, square matmul {yardstick:.0f}"
         )
