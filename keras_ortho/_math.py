@@ -96,6 +96,11 @@ def stack_penalty(phi, mode, norm="l1", reduction="sum"):
     return _backend.current().with_gradient(phi, (mode, norm, reduction), _forward, _backward)
 
 
+def stack_value(phi, mode, norm="l1", reduction="sum"):
+    """`stack_penalty`'s value alone, with no gradient of its own (for a caller that supplies one)."""
+    return _forward(phi, (mode, norm, reduction))[0]
+
+
 def penalty_gradient(phi, mode, norm="l1", reduction="sum", scale=1.0):
     """The closed-form gradient of `scale * stack_penalty(phi, mode, norm, reduction)`.
 

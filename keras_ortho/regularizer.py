@@ -90,15 +90,10 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         if binding is None:
             return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         scale = binding.variable
-
-        def scaled():
-            penalty = ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
-            return penalty * keras.ops.cast(scale, penalty.dtype)
-
-        if not binding.lazy:
-            return scaled()
-        # Lazy regularization: on the steps whose scale is 0 nothing is computed.
-        return keras.ops.cond(scale > 0, scaled, lambda: keras.ops.zeros((), dtype=tensor.dtype))
+        if binding.lazy:  # lazy regularization: on the steps whose scale is 0 nothing is computed
+            return ops.lazy_penalty_of(tensor, plan, self.factor, scale, self.reduction, self.norm)
+        penalty = ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
+        return penalty * keras.ops.cast(scale, penalty.dtype)
 
     def _refuse_activations(self, x):
         layer = _keras_compat.activity_layer(self)

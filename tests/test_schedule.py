@@ -388,6 +388,34 @@ def test_lazy_regularization_steps_every_nth_batch_by_n_times_the_gradient(jit_c
         before = after
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_lazy_regularization_of_attention_heads_with_the_mean_reduction(jit_compile):
+    # A (8, 2, 4) kernel, one slice per head: its stack is a transpose of the
+    # kernel, and its gradient is laid back through it.
+    every, units = 2, (3, 2, 4)
+    keras.utils.set_random_seed(0)
+    x = keras.Input((3, 8))
+    layer = keras.layers.EinsumDense(
+        "abc,cde->abde", units, kernel_regularizer=keras_ortho.OrthoRegularizer(FACTOR, reduction="mean")
+    )
+    model = keras.Model(x, layer(x))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
+    kernels = KernelsPerBatch(layer)
+    before = to_numpy(layer.kernel).copy()
+    model.fit(
+        np.zeros((8, 3, 8), "float32"),
+        np.zeros((8, *units), "float32"),
+        batch_size=2,
+        verbose=0,
+        callbacks=[keras_ortho.OrthoSchedule(every=every), kernels],
+    )
+    assert len(kernels.after) == 4
+    for step, after in enumerate(kernels.after):
+        moved = LR * every * reference.mean_gradient(before, FACTOR) if step % every == 0 else 0.0
+        np.testing.assert_allclose(after, before - moved, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        before = after
+
+
 def test_lazy_regularization_leaves_evaluation_and_the_logs_with_the_plain_scale():
     model, layer = penalty_only_model()
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # the kernel stays put

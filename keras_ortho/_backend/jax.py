@@ -80,6 +80,24 @@ def _with_gradient_backward(options, forward, backward, residuals, upstream):
 with_gradient.defvjp(_with_gradient_forward, _with_gradient_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def recomputing(x, scale, options, value, gradient):
+    return value(x, scale, options)
+
+
+def _recomputing_forward(x, scale, options, value, gradient):
+    # Only the inputs are kept: both are there whatever `value` branched on.
+    return value(x, scale, options), (x, scale)
+
+
+def _recomputing_backward(options, value, gradient, residuals, upstream):
+    x, scale = residuals
+    return gradient(x, scale, options, upstream), jnp.zeros_like(scale)
+
+
+recomputing.defvjp(_recomputing_forward, _recomputing_backward)
+
+
 def for_measuring(fn, jit_compile):
     # JAX has no graph mode short of jit, and op-by-op dispatch is the slow path.
     return jax.jit(fn)

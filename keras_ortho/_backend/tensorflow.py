@@ -86,6 +86,17 @@ def with_gradient(phi, options, forward, backward):
     return function(phi)
 
 
+def recomputing(x, scale, options, value, gradient):
+    @tf.custom_gradient
+    def function(x, scale):
+        def backward(upstream):
+            return gradient(x, scale, options, upstream), tf.zeros_like(scale)
+
+        return value(x, scale, options), backward
+
+    return function(x, scale)
+
+
 def for_measuring(fn, jit_compile):
     # No Python control flow on tensors to convert: without AutoGraph, tracing
     # does not try (and warn) to convert the backend lookup's importlib call.

@@ -93,6 +93,23 @@ def with_gradient(phi, options, forward, backward):
     return _WithGradient.apply(phi, options, forward, backward)
 
 
+class _Recomputing(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, options, value, gradient):
+        ctx.save_for_backward(x, scale)
+        ctx.options, ctx.gradient_function = options, gradient
+        return value(x, scale, options)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        x, scale = ctx.saved_tensors
+        return ctx.gradient_function(x, scale, ctx.options, upstream), None, None, None, None
+
+
+def recomputing(x, scale, options, value, gradient):
+    return _Recomputing.apply(x, scale, options, value, gradient)
+
+
 def for_measuring(fn, jit_compile):
     # Measuring needs no graph: run eagerly, without recording for autograd.
     def run(*args):
