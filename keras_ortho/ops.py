@@ -138,39 +138,29 @@ def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
 def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
     """`scale * penalty_of(...)` of a tensor already planned, with nothing computed while `scale` is 0.
 
-    For lazy regularization, whose scale is 0 on most steps: both the value
-    and the gradient branch on `scale > 0`. The branches keep nothing for the
-    backward pass but the weight and the scale, and the backward pass builds
-    the Gram again on the steps it runs: under a compiled branch
+    For lazy regularization, whose scale is 0 on most steps: the backend's
+    `gated` branches on `scale > 0` in the value and in the gradient, and keeps
+    nothing for the backward pass but the weight and the scale; the backward
+    pass builds the Gram again on the steps it runs. Under a compiled branch
     (`jax.lax.cond`, `tf.cond`), what the taken branch would keep (the stack,
     `sign(G)`) the skipped one must produce as zeros, which filled as much
     memory as the weights and their Grams on every skipped step.
     """
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    scale = ops.cast(scale, compute_dtype(dtype))
-    return _backend.current().recomputing(tensor, scale, (plan, factor, reduction, norm), _lazy_value, _lazy_gradient)
+    scale = ops.cast(scale, compute_dtype(tensor.dtype))
+    return _backend.current().gated(tensor, scale, (plan, factor, reduction, norm), _lazy_value, _lazy_gradient)
 
 
 def _lazy_value(tensor, scale, options):
     plan, factor, reduction, norm = options
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-
-    def value():
-        stack = to_stack(tensor, plan)
-        return _cast(factor * scale * _math.stack_value(stack, plan.mode, norm, reduction), dtype)
-
-    return ops.cond(scale > 0, value, lambda: ops.zeros((), dtype=dtype))
+    value = _math.stack_value(to_stack(tensor, plan), plan.mode, norm, reduction)
+    return _cast(factor * scale * value, keras.backend.standardize_dtype(tensor.dtype))
 
 
 def _lazy_gradient(tensor, scale, options, upstream):
     plan, factor, reduction, norm = options
-
-    def gradient():
-        stack = to_stack(tensor, plan)
-        weight = factor * scale * ops.cast(upstream, stack.dtype)
-        return from_stack(_math.penalty_gradient(stack, plan.mode, norm, reduction, weight), plan, tensor.dtype)
-
-    return ops.cond(scale > 0, gradient, lambda: ops.zeros_like(tensor))
+    stack = to_stack(tensor, plan)
+    weight = factor * scale * ops.cast(upstream, stack.dtype)
+    return from_stack(_math.penalty_gradient(stack, plan.mode, norm, reduction, weight), plan, tensor.dtype)
 
 
 def project(tensor, plan, method="svd", iterations=None):

@@ -24,13 +24,14 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   is `backward(phi, saved, options, upstream)`, `options` being a hashable
   tuple passed through untouched: the backend's custom-gradient
   mechanism, so that its autodiff never differentiates `forward`.
-* `recomputing(x, scale, options, value, gradient)`: `value(x, scale, options)`,
-  whose gradient with respect to `x` is `gradient(x, scale, options, upstream)`
-  and with respect to the scalar `scale` zero; nothing but `x` and `scale` is
-  kept for the backward pass, which computes again what it needs. For
-  functions that branch on a tensor: under a compiled branch (`jax.lax.cond`,
-  `tf.cond`), whatever one branch keeps for the backward pass the other must
-  produce as zeros, on every call that takes it.
+* `gated(x, scale, options, value, gradient)`: `value(x, scale, options)` where
+  the scalar `scale` is > 0, and 0 where it is 0, computing nothing; its
+  gradient with respect to `x` is `gradient(x, scale, options, upstream)`
+  where `scale > 0` and zero elsewhere, and with respect to `scale` zero.
+  Nothing but `x` and `scale` is kept for the backward pass, which computes
+  again what it needs: under a compiled branch (`jax.lax.cond`, `tf.cond`),
+  whatever one branch keeps for the backward pass the other must produce as
+  zeros, on every call that takes it.
 * `for_measuring(fn, jit_compile)`: `fn` made ready for repeated measurements of
   the weights, each backend its fastest way, outside any gradient: TensorFlow
   traces it (`tf.function`, with XLA when `jit_compile`), JAX always jits it

@@ -81,21 +81,23 @@ with_gradient.defvjp(_with_gradient_forward, _with_gradient_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def recomputing(x, scale, options, value, gradient):
-    return value(x, scale, options)
+def gated(x, scale, options, value, gradient):
+    return jax.lax.cond(scale > 0, lambda: value(x, scale, options), lambda: jnp.zeros((), x.dtype))
 
 
-def _recomputing_forward(x, scale, options, value, gradient):
-    # Only the inputs are kept: both are there whatever `value` branched on.
-    return value(x, scale, options), (x, scale)
+def _gated_forward(x, scale, options, value, gradient):
+    # The inputs alone are kept: the branch not taken has them too, where
+    # anything `value` made would have to be produced as zeros.
+    return gated(x, scale, options, value, gradient), (x, scale)
 
 
-def _recomputing_backward(options, value, gradient, residuals, upstream):
+def _gated_backward(options, value, gradient, residuals, upstream):
     x, scale = residuals
-    return gradient(x, scale, options, upstream), jnp.zeros_like(scale)
+    taken = lambda: gradient(x, scale, options, upstream)  # noqa: E731
+    return jax.lax.cond(scale > 0, taken, lambda: jnp.zeros_like(x)), jnp.zeros_like(scale)
 
 
-recomputing.defvjp(_recomputing_forward, _recomputing_backward)
+gated.defvjp(_gated_forward, _gated_backward)
 
 
 def for_measuring(fn, jit_compile):

@@ -86,13 +86,14 @@ def with_gradient(phi, options, forward, backward):
     return function(phi)
 
 
-def recomputing(x, scale, options, value, gradient):
+def gated(x, scale, options, value, gradient):
     @tf.custom_gradient
     def function(x, scale):
         def backward(upstream):
-            return gradient(x, scale, options, upstream), tf.zeros_like(scale)
+            taken = lambda: gradient(x, scale, options, upstream)  # noqa: E731
+            return tf.cond(scale > 0, taken, lambda: tf.zeros_like(x)), tf.zeros_like(scale)
 
-        return value(x, scale, options), backward
+        return tf.cond(scale > 0, lambda: value(x, scale, options), lambda: tf.zeros((), x.dtype)), backward
 
     return function(x, scale)
 

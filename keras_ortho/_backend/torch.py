@@ -106,8 +106,12 @@ class _Recomputing(torch.autograd.Function):
         return ctx.gradient_function(x, scale, ctx.options, upstream), None, None, None, None
 
 
-def recomputing(x, scale, options, value, gradient):
-    return _Recomputing.apply(x, scale, options, value, gradient)
+def gated(x, scale, options, value, gradient):
+    # A Python branch (as Keras's `cond` is on PyTorch): a skipped step
+    # returns a constant, so autograd has no node and no zero gradient to add.
+    if scale > 0:
+        return _Recomputing.apply(x, scale, options, value, gradient)
+    return torch.zeros((), dtype=x.dtype, device=x.device)
 
 
 def for_measuring(fn, jit_compile):
