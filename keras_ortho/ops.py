@@ -135,6 +135,12 @@ def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     return _cast(factor * value, keras.backend.standardize_dtype(tensor.dtype))
 
 
+def gradient_of(tensor, plan, scale, reduction="sum", norm="l1"):
+    """`ortho_gradient` of a tensor already planned, `scale` times the unit-factor gradient, in its layout."""
+    stack = to_stack(tensor, plan)
+    return from_stack(_math.penalty_gradient(stack, plan.mode, norm, reduction, scale), plan, tensor.dtype)
+
+
 def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
     """`scale * penalty_of(...)` of a tensor already planned, with nothing computed while `scale` is 0.
 
@@ -158,9 +164,7 @@ def _lazy_value(tensor, scale, options):
 
 def _lazy_gradient(tensor, scale, options, upstream):
     plan, factor, reduction, norm = options
-    stack = to_stack(tensor, plan)
-    weight = factor * scale * ops.cast(upstream, stack.dtype)
-    return from_stack(_math.penalty_gradient(stack, plan.mode, norm, reduction, weight), plan, tensor.dtype)
+    return gradient_of(tensor, plan, factor * scale * ops.cast(upstream, scale.dtype), reduction, norm)
 
 
 def project(tensor, plan, method="svd", iterations=None):
@@ -318,6 +322,4 @@ def ortho_gradient(
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
     norm = _validation.check_norm(norm, reduction)
-    tensor, plan = prepare(w, slice_axis, mode)
-    gradient = _math.penalty_gradient(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
-    return from_stack(gradient, plan, tensor.dtype)
+    return gradient_of(*prepare(w, slice_axis, mode), factor, reduction, norm)
