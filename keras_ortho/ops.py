@@ -145,12 +145,13 @@ def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
     """`scale * penalty_of(...)` of a tensor already planned, with nothing computed while `scale` is 0.
 
     For lazy regularization, whose scale is 0 on most steps: the backend's
-    `gated` branches on `scale > 0` in the value and in the gradient, and keeps
-    nothing for the backward pass but the weight and the scale; the backward
-    pass builds the Gram again on the steps it runs. Under a compiled branch
-    (`jax.lax.cond`, `tf.cond`), what the taken branch would keep (the stack,
-    `sign(G)`) the skipped one must produce as zeros, which filled as much
-    memory as the weights and their Grams on every skipped step.
+    `gated` branches on `scale > 0`. Under a compiled branch (`jax.lax.cond`,
+    `tf.cond`), what the taken branch keeps for the backward pass the skipped
+    one must produce as zeros, so each backend keeps only what a skipped step
+    pays nothing extra for: the weight and the scale (the gradient computed
+    again under a second branch), or the gradient itself, as large as the
+    weight. Keeping the stack and `sign(G)`, as the plain penalty does, filled
+    as much memory as the weights and their Grams on every skipped step.
     """
     scale = ops.cast(scale, compute_dtype(tensor.dtype))
     return _backend.current().gated(tensor, scale, (plan, factor, reduction, norm), _lazy_value, _lazy_gradient)

@@ -85,6 +85,30 @@ def test_mean_reduction_divides_each_slice_by_its_gram_entries(rng, shape, slice
     )
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_lazy_penalty_is_the_scaled_penalty_and_nothing_where_the_scale_is_zero(rng, scale, reduction):
+    # Lazy regularization's branch (`ops.lazy_penalty_of`): its value and its
+    # gradient are `scale` times the plain ones, also under a loss that is not
+    # the penalty itself (an upstream gradient other than 1), eager and compiled.
+    # The loss has a data term whose gradient is 0, as in training: a skipped
+    # step's penalty is, on PyTorch, a constant outside the autograd graph.
+    from keras_ortho import ops as ortho_ops
+
+    w = weights(rng, (6, 3, 4))
+    plain_value = reference.penalty if reduction == "sum" else reference.mean_penalty
+    plain_gradient = reference.gradient if reduction == "sum" else reference.mean_gradient
+
+    def loss(x):
+        tensor, plan = ortho_ops.prepare(x, None, "auto")
+        return 3.0 * ortho_ops.lazy_penalty_of(tensor, plan, 0.3, scale, reduction) + 0.0 * keras.ops.sum(x)
+
+    for how, fn in {"eager": loss, **compiled(loss)}.items():
+        value, grad = value_and_grad(fn, w)
+        np.testing.assert_allclose(value, 3.0 * scale * plain_value(w, 0.3), rtol=1e-12, err_msg=how)
+        np.testing.assert_allclose(grad, 3.0 * scale * plain_gradient(w, 0.3), rtol=1e-12, atol=1e-14, err_msg=how)
+
+
 def test_rank3_follows_the_index_formula(rng):
     """dL/dPhi[a,i,b] = 2 f sum_j Phi[a,i,j] sign(sum_k Phi[k,i,j] Phi[k,i,b] - d_jb)."""
     w = weights(rng, (8, 3, 5))

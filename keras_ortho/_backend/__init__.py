@@ -28,10 +28,13 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   the scalar `scale` is > 0, and 0 where it is 0, computing nothing; its
   gradient with respect to `x` is `gradient(x, scale, options, upstream)`
   where `scale > 0` and zero elsewhere, and with respect to `scale` zero.
-  Nothing but `x` and `scale` is kept for the backward pass, which computes
-  again what it needs: under a compiled branch (`jax.lax.cond`, `tf.cond`),
-  whatever one branch keeps for the backward pass the other must produce as
-  zeros, on every call that takes it.
+  Under a compiled branch (`jax.lax.cond`, `tf.cond`), whatever one branch
+  keeps for the backward pass the other must produce as zeros, on every call
+  that takes it: a backend keeps either nothing but `x` and `scale`
+  (TensorFlow, whose `tf.cond` in the backward pass computes the gradient
+  again), or the gradient itself, computed beside the value with an upstream
+  of 1 (JAX, whose skipped branch then produces the zero gradient it would
+  return anyway). The gradient is linear in `upstream`.
 * `for_measuring(fn, jit_compile)`: `fn` made ready for repeated measurements of
   the weights, each backend its fastest way, outside any gradient: TensorFlow
   traces it (`tf.function`, with XLA when `jit_compile`), JAX always jits it

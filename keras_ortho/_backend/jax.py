@@ -86,15 +86,24 @@ def gated(x, scale, options, value, gradient):
 
 
 def _gated_forward(x, scale, options, value, gradient):
-    # The inputs alone are kept: the branch not taken has them too, where
-    # anything `value` made would have to be produced as zeros.
-    return gated(x, scale, options, value, gradient), (x, scale)
+    # The taken branch computes the value and the gradient together, as the
+    # plain penalty does (XLA shares their Gram), and keeps the gradient for
+    # the backward pass, which is then one product by the upstream scalar and
+    # needs no branch of its own. The branch not taken produces a zero
+    # gradient, the one a skipped step adds into the data gradient anyway.
+    def taken():
+        return value(x, scale, options), gradient(x, scale, options, jnp.ones((), x.dtype))
+
+    def skipped():
+        return jnp.zeros((), x.dtype), jnp.zeros_like(x)
+
+    result, kept = jax.lax.cond(scale > 0, taken, skipped)
+    return result, (kept, scale)
 
 
 def _gated_backward(options, value, gradient, residuals, upstream):
-    x, scale = residuals
-    taken = lambda: gradient(x, scale, options, upstream)  # noqa: E731
-    return jax.lax.cond(scale > 0, taken, lambda: jnp.zeros_like(x)), jnp.zeros_like(scale)
+    kept, scale = residuals
+    return kept * upstream.astype(kept.dtype), jnp.zeros_like(scale)
 
 
 gated.defvjp(_gated_forward, _gated_backward)
