@@ -16,6 +16,9 @@ to 5% of the step, within the step's own spread from round to round.
 * `serial`: the same, one kernel after another. Alone on idle cores, TensorFlow
   runs independent kernels' penalties side by side; inside a step, where the
   model's own operations keep the cores busy, they cannot gain from that.
+* `added`: `penalty`, with each kernel's gradient added into a gradient of
+  the kernel's size, as a step sums it into the data gradient: the one pass
+  over the weights that any regularizer's gradient costs in a step.
 
 Each round runs one `fit` of 32 steps per variant (in a rotating order) on
 data in memory and times its last 16 steps, one lazy period, with a callback
@@ -23,7 +26,7 @@ data in memory and times its last 16 steps, one lazy period, with a callback
 `overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
 costs inside the step what it costs alone; its spread is that of the rounds'
 `(ortho - plain)`, each round's pair measured side by side. The same ratio
-is given against `serial`. The penalty's rate,
+is given against `serial` and against `added`. The penalty's rate,
 in GFLOP/s (its Grams and gradient products: `4 r c k` per `r x c` slice of
 Gram side `k`), is set against two yardsticks on the same backend: the same
 products of these kernels alone (`products`: each kernel already laid out as its
@@ -112,7 +115,7 @@ def _fit_call(build, variant, quick):
     return call, model
 
 
-def _penalty_alone(model, serial=False):
+def _penalty_alone(model, serial=False, added=False):
     """Value and gradient of the penalty of every regularized kernel, compiled as `fit` runs it.
 
     With `serial`, each kernel's value and gradient wait for the previous
@@ -121,9 +124,14 @@ def _penalty_alone(model, serial=False):
     backend may run independent kernels side by side on idle cores (TensorFlow's
     graph executor does), which no training step leaves free. Eager PyTorch
     runs them one at a time either way.
+
+    With `added`, each kernel's gradient is added into a gradient of its size
+    (fixed random values), as the step adds it into the data gradient.
     """
     kernels = [v for v in model.trainable_weights if isinstance(v.regularizer, keras_ortho.OrthoRegularizer)]
     backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    data = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype(v.dtype)) for v in kernels] if added else []
 
     def total(variables):
         return sum(v.regularizer(v) for v in variables)
@@ -135,7 +143,10 @@ def _penalty_alone(model, serial=False):
         def run():
             with tf.GradientTape() as tape:
                 value = total(kernels)
-            return value, tape.gradient(value, [v.value for v in kernels])
+            gradients = tape.gradient(value, [v.value for v in kernels])
+            if added:
+                gradients = [g + d for g, d in zip(gradients, data, strict=True)]
+            return value, gradients
 
         @tf.function
         def run_serial():
@@ -166,14 +177,22 @@ def _penalty_alone(model, serial=False):
                 value, gradients = value + one, gradients + gradient
             return value, gradients
 
-        step = jax.jit(of_values_serial if serial else jax.value_and_grad(of_values))
+        def of_values_added(values, data):
+            value, gradients = jax.value_and_grad(of_values)(values)
+            return value, [g + d for g, d in zip(gradients, data, strict=True)]
+
         values = [v.value for v in kernels]
+        if added:
+            step = jax.jit(of_values_added)
+            return (lambda: jax.block_until_ready(step(values, data))), len(kernels)
+        step = jax.jit(of_values_serial if serial else jax.value_and_grad(of_values))
         return (lambda: jax.block_until_ready(step(values))), len(kernels)
     parameters = [v.value for v in kernels]
 
     def run():
-        for p in parameters:
-            p.grad = None
+        # With `added`, autograd adds the gradient into the `.grad` already there, in place.
+        for p, d in zip(parameters, data or [None] * len(parameters), strict=True):
+            p.grad = d
         total(kernels).backward()
 
     return run, len(kernels)
@@ -269,7 +288,7 @@ def run(quick, log=print):
         per_step = {variant: median_iqr(s) for variant, s in samples.items()}
         # After the fits: JAX's fit donates the weights' buffers it was handed.
         penalty, kernels = _penalty_alone(model)
-        alone = {"penalty": penalty, "products": _bare_products(model)}
+        alone = {"penalty": penalty, "products": _bare_products(model), "added": _penalty_alone(model, added=True)[0]}
         if keras.backend.backend() != "torch":  # eager PyTorch's penalty already runs one kernel at a time
             alone["serial"] = _penalty_alone(model, serial=True)[0]
         alone = median_times(alone, rounds=rounds * 4, calls=2, warmup=2)
@@ -293,6 +312,8 @@ def run(quick, log=print):
             "overhead_over_penalty_rounds": median_iqr([o / ms["penalty"] for o in overheads]),
             "overhead_over_serial": (ms["ortho"] - ms["plain"]) / ms["serial"],
             "overhead_over_serial_rounds": median_iqr([o / ms["serial"] for o in overheads]),
+            "overhead_over_added": (ms["ortho"] - ms["plain"]) / ms["added"],
+            "overhead_over_added_rounds": median_iqr([o / ms["added"] for o in overheads]),
             "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,
             "products_gflops": penalty_flops(model) / (ms["products"] / 1e3) / 1e9,
             "matmul_gflops": yardstick,
@@ -301,8 +322,9 @@ def run(quick, log=print):
         row["penalty_over_products"] = row["penalty_gflops"] / row["products_gflops"]
         log(
             f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
-            f"penalty alone {ms['penalty']:.1f} (one kernel at a time {ms['serial']:.1f}); "
-            f"overhead/penalty {row['overhead_over_penalty']:.2f} (/one at a time {row['overhead_over_serial']:.2f}); "
+            f"penalty alone {ms['penalty']:.1f} (one kernel at a time {ms['serial']:.1f}, "
+            f"gradient added {ms['added']:.1f}); overhead/penalty {row['overhead_over_penalty']:.2f} "
+            f"(/one at a time {row['overhead_over_serial']:.2f}, /gradient added {row['overhead_over_added']:.2f}); "
             f"penalty {row['penalty_gflops']:.0f} GFLOP/s, these kernels' bare products "
             f"{row['products_gflops']:.0f}, square matmul {yardstick:.0f}"
         )
