@@ -147,18 +147,19 @@ class _Entrywise:
     the gradient is `2 Phi_i f'(G_i)`: `2 Phi_i sign(G_i)` for `|.|`,
     `4 Phi_i G_i` for `(.)^2`. The forward pass keeps `direction(G_i)`
     (`sign(G_i)`, `G_i`), and the backward pass multiplies by it with the
-    scale `slope * c` (2 for `|.|`, 4 for `(.)^2`).
+    scale `slope * c` (2 for `|.|`, 4 for `(.)^2`). `total(G)` is
+    `sum f(G)` over every entry, the forward pass's value.
     """
 
-    def __init__(self, measure, direction, slope):
-        self.measure, self.direction, self.slope = measure, direction, slope
+    def __init__(self, measure, total, direction, slope):
+        self.measure, self.total, self.direction, self.slope = measure, total, direction, slope
 
     def values(self, phi, mode):
         return _batch_sum(self.measure(gram_residual(phi, mode)))
 
     def forward(self, phi, mode, reduction):
         residual = gram_residual(phi, mode)
-        value = ops.sum(self.measure(residual))
+        value = self.total(residual)
         if reduction == "mean":
             value = value * _entries(residual, reduction)
         # Last: the direction may be written over the residual.
@@ -169,8 +170,13 @@ class _Entrywise:
         return _times(phi, direction, mode, self.slope * _entries(direction, reduction) * scale)
 
 
-_L1 = _Entrywise(ops.abs, lambda residual: _backend.current().sign_of_residual(residual), 2)
-_Frobenius = _Entrywise(ops.square, lambda residual: residual, 4)
+_L1 = _Entrywise(
+    ops.abs,
+    lambda residual: _backend.current().sum_of_abs(residual),
+    lambda residual: _backend.current().sign_of_residual(residual),
+    2,
+)
+_Frobenius = _Entrywise(ops.square, lambda residual: ops.sum(ops.square(residual)), lambda residual: residual, 4)
 
 
 class _Double:

@@ -19,6 +19,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   scalar (a Python float or a 0-d tensor of `phi`'s dtype; None for none).
 * `sign_of_residual(x)`: `sign(x)`, in `x`'s dtype; it may be written over `x`,
   which the caller no longer reads.
+* `sum_of_abs(x)`: `sum |x|` over every entry, a 0-d tensor in `x`'s dtype,
+  without an `|x|`-sized temporary where the backend can (eager PyTorch).
 * `with_gradient(phi, options, forward, backward)`: `value` of
   `forward(phi, options) -> (value, saved)`, whose gradient with respect to `phi`
   is `backward(phi, saved, options, upstream)`, `options` being a hashable

@@ -77,6 +77,10 @@ def sign_of_residual(x):
     return tf.sign(x)
 
 
+def sum_of_abs(x):
+    return tf.reduce_sum(tf.abs(x))
+
+
 def with_gradient(phi, options, forward, backward):
     @tf.custom_gradient
     def function(phi):

@@ -66,6 +66,12 @@ def _host_number(scale):
     return float(scale) if scale.device.type == "cpu" else None
 
 
+def sum_of_abs(x):
+    # One reduction, where `abs` then `sum` would allocate an `|x|` the size of
+    # the Gram, and dispatch twice.
+    return torch.linalg.vector_norm(x, 1)
+
+
 def sign_of_residual(x):
     # Written over the residual where nothing records it: no Gram-sized allocation.
     if x.requires_grad and torch.is_grad_enabled():
