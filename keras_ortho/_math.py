@@ -147,12 +147,14 @@ class _Entrywise:
     the gradient is `2 Phi_i f'(G_i)`: `2 Phi_i sign(G_i)` for `|.|`,
     `4 Phi_i G_i` for `(.)^2`. The forward pass keeps `direction(G_i)`
     (`sign(G_i)`, `G_i`), and the backward pass multiplies by it with the
-    scale `slope * c` (2 for `|.|`, 4 for `(.)^2`). `total(G)` is
-    `sum f(G)` over every entry, the forward pass's value.
+    scale `slope * c` (2 for `|.|`, 4 for `(.)^2`). The forward pass's value,
+    `sum f(G)` over every entry, is `total(G)` where a backend has it in one
+    reduction, and `sum(measure(G))` otherwise.
     """
 
-    def __init__(self, measure, total, direction, slope):
-        self.measure, self.total, self.direction, self.slope = measure, total, direction, slope
+    def __init__(self, measure, direction, slope, total=None):
+        self.measure, self.direction, self.slope = measure, direction, slope
+        self.total = total or (lambda residual: ops.sum(measure(residual)))
 
     def values(self, phi, mode):
         return _batch_sum(self.measure(gram_residual(phi, mode)))
@@ -172,11 +174,11 @@ class _Entrywise:
 
 _L1 = _Entrywise(
     ops.abs,
-    lambda residual: _backend.current().sum_of_abs(residual),
     lambda residual: _backend.current().sign_of_residual(residual),
     2,
+    total=lambda residual: _backend.current().sum_of_abs(residual),
 )
-_Frobenius = _Entrywise(ops.square, lambda residual: ops.sum(ops.square(residual)), lambda residual: residual, 4)
+_Frobenius = _Entrywise(ops.square, lambda residual: residual, 4)
 
 
 class _Double:
