@@ -219,10 +219,10 @@ def measure_shape(label, shape, dtype, rounds, calls, seed=0):
         # product with its scale, with no custom gradient, checks or planning
         # around them.
         def bare(weight):
-            stack, options = ortho_ops.to_stack(weight, plan), (plan.mode, "l1", "sum")
+            stack, options = ortho_ops.to_stack(weight, plan), (plan.mode, "l1", "sum", FACTOR)
             value, residual = _math._forward(stack, options)
-            gradient = _math._backward(stack, residual, options, FACTOR)
-            return value * FACTOR, ortho_ops.from_stack(gradient, plan, weight.dtype)
+            gradient = _math._backward(stack, residual, options, 1.0)
+            return value, ortho_ops.from_stack(gradient, plan, weight.dtype)
 
         variants["bare"] = _compiled(bare, w)
         if keras.backend.backend() == "torch":

@@ -131,8 +131,8 @@ def errors_of(tensor, plan, norm="l1"):
 
 def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
-    value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction)
-    return _cast(factor * value, keras.backend.standardize_dtype(tensor.dtype))
+    value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
+    return _cast(value, keras.backend.standardize_dtype(tensor.dtype))
 
 
 def gradient_of(tensor, plan, scale, reduction="sum", norm="l1"):

@@ -109,6 +109,30 @@ def test_lazy_penalty_is_the_scaled_penalty_and_nothing_where_the_scale_is_zero(
         np.testing.assert_allclose(grad, 3.0 * scale * plain_gradient(w, 0.3), rtol=1e-12, atol=1e-14, err_msg=how)
 
 
+@pytest.mark.parametrize("norm", ["l1", "fro", "double", "spectral", "coherence"])
+def test_the_factor_and_an_upstream_gradient_scale_value_and_gradient(rng, norm):
+    # The factor rides inside the custom gradient (no product of its own for
+    # autodiff), and on eager PyTorch the upstream scalar is read as a float:
+    # a loss `3 * penalty` must still be 3 times the penalty and its gradient,
+    # eager and compiled.
+    w = weights(rng, (6, 3, 4))
+
+    def loss(x):
+        return 3.0 * keras_ortho.ortho_penalty(x, 0.3, norm=norm)
+
+    # Against the unit-factor penalty and the closed-form gradient, which the
+    # norms' tests check against the numpy reference (the spectral norm's value
+    # is power iteration's, within about 1e-5 of the exact one).
+    unit = to_numpy(keras_ortho.ortho_penalty(w, 1.0, norm=norm))
+    np.testing.assert_allclose(unit, reference.norm_penalty(w, norm), rtol=1e-4)
+    expected_gradient = 3.0 * 0.3 * to_numpy(keras_ortho.ortho_gradient(w, 1.0, norm=norm))
+    assert np.abs(expected_gradient).max() > 0
+    for how, fn in {"eager": loss, **compiled(loss)}.items():
+        value, grad = value_and_grad(fn, w)
+        np.testing.assert_allclose(value, 3.0 * 0.3 * unit, rtol=1e-10, err_msg=how)
+        np.testing.assert_allclose(grad, expected_gradient, rtol=1e-10, atol=1e-13, err_msg=how)
+
+
 def test_rank3_follows_the_index_formula(rng):
     """dL/dPhi[a,i,b] = 2 f sum_j Phi[a,i,j] sign(sum_k Phi[k,i,j] Phi[k,i,b] - d_jb)."""
     w = weights(rng, (8, 3, 5))

@@ -25,7 +25,9 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   `forward(phi, options) -> (value, saved)`, whose gradient with respect to `phi`
   is `backward(phi, saved, options, upstream)`, `options` being a hashable
   tuple passed through untouched: the backend's custom-gradient
-  mechanism, so that its autodiff never differentiates `forward`.
+  mechanism, so that its autodiff never differentiates `forward`. `upstream`
+  is the scalar upstream gradient, as a Python float where that costs nothing
+  (eager PyTorch on the host), else a 0-d tensor.
 * `gated(x, scale, options, value, gradient)`: `value(x, scale, options)` where
   the scalar `scale` is > 0, and 0 where it is 0, computing nothing; its
   gradient with respect to `x` is `gradient(x, scale, options, upstream)`

@@ -92,7 +92,18 @@ class _WithGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, upstream):
         phi, saved = ctx.saved_tensors
-        return ctx.backward_function(phi, saved, ctx.options, upstream), None, None, None
+        return ctx.backward_function(phi, saved, ctx.options, _as_scale(upstream)), None, None, None
+
+
+def _as_scale(upstream):
+    """The upstream scalar as a Python float where that is free (eager, on the host, not recorded), else as it is.
+
+    The backward pass multiplies it by constants (the factor, the norm's slope)
+    before the product takes it as `alpha`: on floats, with no dispatch each.
+    """
+    if torch.compiler.is_compiling() or upstream.requires_grad or upstream.device.type != "cpu":
+        return upstream
+    return float(upstream)
 
 
 def with_gradient(phi, options, forward, backward):
