@@ -132,7 +132,8 @@ def errors_of(tensor, plan, norm="l1"):
 def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
     value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
-    return _cast(value, keras.backend.standardize_dtype(tensor.dtype))
+    # The dtypes compared as they are: naming them costs eager PyTorch more than the check.
+    return value if value.dtype == tensor.dtype else ops.cast(value, tensor.dtype)
 
 
 def gradient_of(tensor, plan, scale, reduction="sum", norm="l1"):
