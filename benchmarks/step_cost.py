@@ -19,6 +19,13 @@ to 5% of the step, within the step's own spread from round to round.
 * `added`: `penalty`, with each kernel's gradient added into a gradient of
   the kernel's size, as a step sums it into the data gradient: the one pass
   over the weights that any regularizer's gradient costs in a step.
+* `l2`, `l2 added`: the control. `fit` with Keras's own `L2` on the same
+  kernels, and that `L2` alone with its gradient added. Keras's step charges
+  every regularized weight for collecting its loss, summing it into the
+  total and running its backward node, whatever the regularizer computes;
+  an `L2` costs little else. So `(ortho - l2) / (added - l2 added)` is what
+  the penalty costs in the step beyond what the step charges any regularizer,
+  over what it costs alone beyond `L2` alone.
 
 Each round runs one `fit` of 32 steps per variant (in a rotating order) on
 data in memory and times its last 16 steps, one lazy period, with a callback
@@ -26,7 +33,7 @@ data in memory and times its last 16 steps, one lazy period, with a callback
 `overhead / penalty` is `(ortho - plain) / penalty`: 1.0 when the penalty
 costs inside the step what it costs alone; its spread is that of the rounds'
 `(ortho - plain)`, each round's pair measured side by side. The same ratio
-is given against `serial` and against `added`. The penalty's rate,
+is given against `serial`, against `added`, and beyond the `L2` control. The penalty's rate,
 in GFLOP/s (its Grams and gradient products: `4 r c k` per `r x c` slice of
 Gram side `k`), is set against two yardsticks on the same backend: the same
 products of these kernels alone (`products`: each kernel already laid out as its
@@ -104,6 +111,10 @@ def _fit_call(build, variant, quick):
         with warnings.catch_warnings():  # keras-hub's configs cannot carry it: known, not measured here
             warnings.filterwarnings("ignore", message="regularize: .* config cannot carry")
             keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-2, reduction="mean"))
+        if variant == "l2":  # the control: Keras's own L2 on the same kernels
+            for v in model.trainable_weights:
+                if isinstance(v.regularizer, keras_ortho.OrthoRegularizer):
+                    v.regularizer = keras.regularizers.L2(1e-4)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     timer = StepTimer()
     callbacks = ([keras_ortho.OrthoSchedule(every=EVERY)] if variant == "lazy" else []) + [timer]
@@ -128,7 +139,7 @@ def _penalty_alone(model, serial=False, added=False):
     With `added`, each kernel's gradient is added into a gradient of its size
     (fixed random values), as the step adds it into the data gradient.
     """
-    kernels = [v for v in model.trainable_weights if isinstance(v.regularizer, keras_ortho.OrthoRegularizer)]
+    kernels = [v for v in model.trainable_weights if v.regularizer is not None]
     backend = keras.backend.backend()
     rng = np.random.default_rng(0)
     data = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype(v.dtype)) for v in kernels] if added else []
@@ -281,14 +292,23 @@ def run(quick, log=print):
     yardstick = matmul_gflops()
     for name, build in MODELS.items():
         name = name if not quick else f"{name} (quick: tiny)"
-        calls = {}
-        for variant in ("plain", "ortho", "lazy"):
-            calls[variant], model = _fit_call(build, variant, quick)
+        calls, models = {}, {}
+        for variant in ("plain", "ortho", "lazy", "l2"):
+            calls[variant], models[variant] = _fit_call(build, variant, quick)
         samples = interleaved(calls, rounds)
         per_step = {variant: median_iqr(s) for variant, s in samples.items()}
         # After the fits: JAX's fit donates the weights' buffers it was handed.
+        model = models["ortho"]
         penalty, kernels = _penalty_alone(model)
-        alone = {"penalty": penalty, "products": _bare_products(model), "added": _penalty_alone(model, added=True)[0]}
+        l2_added, l2_kernels = _penalty_alone(models["l2"], added=True)
+        if l2_kernels != kernels:
+            raise RuntimeError(f"the L2 control regularizes {l2_kernels} kernels, the penalty {kernels}")
+        alone = {
+            "penalty": penalty,
+            "products": _bare_products(model),
+            "added": _penalty_alone(model, added=True)[0],
+            "l2 added": l2_added,
+        }
         if keras.backend.backend() != "torch":  # eager PyTorch's penalty already runs one kernel at a time
             alone["serial"] = _penalty_alone(model, serial=True)[0]
         alone = median_times(alone, rounds=rounds * 4, calls=2, warmup=2)
@@ -300,6 +320,8 @@ def run(quick, log=print):
         spread.setdefault("serial", spread["penalty"])
         # The overhead of each round's regularized step over the same round's plain one.
         overheads = [(o - p) * 1e3 for o, p in zip(samples["ortho"], samples["plain"], strict=True)]
+        beyond_l2 = ms["added"] - ms["l2 added"]  # the penalty alone, beyond what L2 alone costs
+        over_l2 = [(o - c) * 1e3 for o, c in zip(samples["ortho"], samples["l2"], strict=True)]
         row = {
             "model": name,
             "kernels": kernels,
@@ -314,6 +336,9 @@ def run(quick, log=print):
             "overhead_over_serial_rounds": median_iqr([o / ms["serial"] for o in overheads]),
             "overhead_over_added": (ms["ortho"] - ms["plain"]) / ms["added"],
             "overhead_over_added_rounds": median_iqr([o / ms["added"] for o in overheads]),
+            "l2_over_plain": ms["l2"] / ms["plain"],
+            "beyond_l2": (ms["ortho"] - ms["l2"]) / beyond_l2,
+            "beyond_l2_rounds": median_iqr([o / beyond_l2 for o in over_l2]),
             "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,
             "products_gflops": penalty_flops(model) / (ms["products"] / 1e3) / 1e9,
             "matmul_gflops": yardstick,
@@ -323,8 +348,10 @@ def run(quick, log=print):
         log(
             f"  {name:<16} ms/step: plain {ms['plain']:.1f}, ortho {ms['ortho']:.1f}, lazy {ms['lazy']:.1f}, "
             f"penalty alone {ms['penalty']:.1f} (one kernel at a time {ms['serial']:.1f}, "
-            f"gradient added {ms['added']:.1f}); overhead/penalty {row['overhead_over_penalty']:.2f} "
-            f"(/one at a time {row['overhead_over_serial']:.2f}, /gradient added {row['overhead_over_added']:.2f}); "
+            f"gradient added {ms['added']:.1f}); Keras L2 {ms['l2']:.1f}, alone with its gradient added "
+            f"{ms['l2 added']:.1f}; overhead/penalty {row['overhead_over_penalty']:.2f} "
+            f"(/one at a time {row['overhead_over_serial']:.2f}, /gradient added {row['overhead_over_added']:.2f}, "
+            f"beyond L2 {row['beyond_l2']:.2f}); "
             f"penalty {row['penalty_gflops']:.0f} GFLOP/s, these kernels' bare products "
             f"{row['products_gflops']:.0f}, square matmul {yardstick:.0f}"
         )
