@@ -7,6 +7,7 @@ other load) hit all variants alike; the figure quoted is the median over rounds.
 
 import datetime
 import json
+import math
 import os
 import platform
 import time
@@ -17,7 +18,7 @@ import numpy as np
 EXECUTION = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
 
 
-def median_times(variants, rounds, calls=1, warmup=2):
+def median_times(variants, rounds, calls=1, warmup=2, min_timing_s=0.0):
     """Median seconds per call of each variant, timed interleaved.
 
     Args:
@@ -26,13 +27,22 @@ def median_times(variants, rounds, calls=1, warmup=2):
         rounds: how many times each variant is timed.
         calls: calls per timing, averaged.
         warmup: untimed calls per variant first (tracing, compilation).
+        min_timing_s: more calls per timing where needed, so that the fastest
+            variant's timing lasts at least this long (from its last warmup
+            call): a kernel of a millisecond timed over three calls moves by
+            tens of percent from run to run.
 
     Returns:
         `{name: {"median_s": float, "iqr_s": float, "rounds": int}}`.
     """
+    last = []
     for fn in variants.values():
         for _ in range(warmup):
+            start = time.perf_counter()
             fn()
+        last.append(time.perf_counter() - start)
+    if min_timing_s and warmup:
+        calls = max(calls, math.ceil(min_timing_s / max(min(last), 1e-9)))
     names = list(variants)
     samples = {name: [] for name in names}
     for r in range(rounds):
