@@ -35,12 +35,13 @@ def median_times(variants, rounds, calls=1, warmup=2, min_timing_s=0.0):
     Returns:
         `{name: {"median_s": float, "iqr_s": float, "rounds": int}}`.
     """
-    last = []
+    last = []  # each variant's last warmup call, in seconds
     for fn in variants.values():
         for _ in range(warmup):
             start = time.perf_counter()
             fn()
-        last.append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+        last.append(seconds if warmup else 0.0)
     if min_timing_s and warmup:
         calls = max(calls, math.ceil(min_timing_s / max(min(last), 1e-9)))
     names = list(variants)
