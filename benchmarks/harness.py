@@ -35,15 +35,14 @@ def median_times(variants, rounds, calls=1, warmup=2, min_timing_s=0.0):
     Returns:
         `{name: {"median_s": float, "iqr_s": float, "rounds": int}}`.
     """
-    last = []  # each variant's last warmup call, in seconds
-    for fn in variants.values():
+    last = {}  # each variant's last warmup call, in seconds
+    for name, fn in variants.items():
         for _ in range(warmup):
             start = time.perf_counter()
             fn()
-            seconds = time.perf_counter() - start
-        last.append(seconds if warmup else 0.0)
-    if min_timing_s and warmup:
-        calls = max(calls, math.ceil(min_timing_s / max(min(last), 1e-9)))
+            last[name] = time.perf_counter() - start
+    if min_timing_s and last:
+        calls = max(calls, math.ceil(min_timing_s / max(min(last.values()), 1e-9)))
     names = list(variants)
     samples = {name: [] for name in names}
     for r in range(rounds):

@@ -336,7 +336,6 @@ def run(quick, log=print):
             "overhead_over_serial_rounds": median_iqr([o / ms["serial"] for o in overheads]),
             "overhead_over_added": (ms["ortho"] - ms["plain"]) / ms["added"],
             "overhead_over_added_rounds": median_iqr([o / ms["added"] for o in overheads]),
-            "l2_over_plain": ms["l2"] / ms["plain"],
             "beyond_l2": (ms["ortho"] - ms["l2"]) / beyond_l2,
             "beyond_l2_rounds": median_iqr([o / beyond_l2 for o in over_l2]),
             "penalty_gflops": penalty_flops(model) / (ms["penalty"] / 1e3) / 1e9,

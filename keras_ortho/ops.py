@@ -110,7 +110,11 @@ def _reshape(tensor, shape):
 
 
 def _cast(tensor, dtype):
-    return tensor if keras.backend.standardize_dtype(tensor.dtype) == dtype else ops.cast(tensor, dtype)
+    """`tensor` in `dtype` (a name, or the backend's own dtype), itself where it is in it already."""
+    # Compared as they are first: naming a dtype costs eager PyTorch more than the check.
+    if tensor.dtype == dtype or keras.backend.standardize_dtype(tensor.dtype) == dtype:
+        return tensor
+    return ops.cast(tensor, dtype)
 
 
 def from_stack(stack, plan, dtype):
@@ -121,7 +125,7 @@ def from_stack(stack, plan, dtype):
         moved = _reshape(stack, [plan.view[i] for i in plan.perm])
         inverse = sorted(range(len(plan.perm)), key=plan.perm.__getitem__)
         out = _reshape(_backend.current().transpose(moved, inverse), plan.shape)
-    return _cast(out, keras.backend.standardize_dtype(dtype))
+    return _cast(out, dtype)
 
 
 def errors_of(tensor, plan, norm="l1"):
@@ -132,8 +136,7 @@ def errors_of(tensor, plan, norm="l1"):
 def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
     value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
-    # The dtypes compared as they are: naming them costs eager PyTorch more than the check.
-    return value if value.dtype == tensor.dtype else ops.cast(value, tensor.dtype)
+    return _cast(value, tensor.dtype)
 
 
 def gradient_of(tensor, plan, scale, reduction="sum", norm="l1"):
@@ -161,7 +164,7 @@ def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
 def _lazy_value(tensor, scale, options):
     plan, factor, reduction, norm = options
     value = _math.stack_value(to_stack(tensor, plan), plan.mode, norm, reduction)
-    return _cast(factor * scale * value, keras.backend.standardize_dtype(tensor.dtype))
+    return _cast(factor * scale * value, tensor.dtype)
 
 
 def _lazy_gradient(tensor, scale, options, upstream):
