@@ -1,4 +1,10 @@
-"""Every example runs to the end in its quick mode and writes what it promises."""
+"""Every example runs to the end in its quick mode and writes what it promises.
+
+The main example runs on every backend. The three longer ones hold no
+backend-specific code either; they run on TensorFlow (Keras's default, as the
+README runs them), to keep CI inside its time: 30 to 60 s each on JAX on 2
+cores.
+"""
 
 import json
 import math
@@ -8,6 +14,7 @@ import sys
 import zipfile
 
 import pytest
+from backends import only_on
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -24,6 +31,9 @@ def run_example(name, out):
     return result.stdout
 
 
+LONGER = only_on("tensorflow", why="a longer example, run on Keras's default backend for CI's time")
+
+
 def is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -37,6 +47,7 @@ def test_quickstart(tmp_path):
     assert is_png(tmp_path / "quickstart_errors.png")
 
 
+@LONGER
 def test_transformer(tmp_path):
     out = run_example("transformer.py", tmp_path)
     assert "reloaded model predicts the same: True" in out
@@ -67,6 +78,7 @@ def test_transformer(tmp_path):
     assert len(kernels) == 8 and all(k["slices"] == 4 for k in kernels)  # 2 blocks x 4 projections, per head
 
 
+@LONGER
 def test_cnn_comparison(tmp_path):
     out = run_example("cnn_comparison.py", tmp_path)
     lines = out.splitlines()
@@ -82,6 +94,7 @@ def test_cnn_comparison(tmp_path):
     assert is_png(tmp_path / "cnn_errors.png")
 
 
+@LONGER
 def test_finetune(tmp_path):
     out = run_example("finetune.py", tmp_path)
     kernels = [
