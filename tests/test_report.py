@@ -42,10 +42,23 @@ def expected_errors(model, include_all=False):
     return expected
 
 
+def run_main(capsys, *args):
+    """`(exit status, stdout, stderr)` of the command's `main` in this process.
+
+    Errors are raised and reported inside `main`; the process around it
+    (`test_a_failing_command_exits_1_with_one_line_and_no_traceback`) adds
+    nothing to them, and starting one costs CI about ten seconds a call.
+    """
+    capsys.readouterr()  # drop what building a fixture printed
+    status = main([*map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def run_json(capsys, *args):
-    capsys.readouterr()  # drop what building the fixture printed
-    assert main(["report", *map(str, args), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    status, out, err = run_main(capsys, "report", *args, "--json")
+    assert status == 0, err
+    return json.loads(out)
 
 
 @pytest.mark.parametrize("filename", ["model.keras", "model.h5"])
@@ -122,19 +135,6 @@ def run_cli(*args, cwd=None):
         env=env,
         cwd=cwd,
     )
-
-
-def run_main(capsys, *args):
-    """`(exit status, stdout, stderr)` of the command's `main` in this process.
-
-    The errors below are raised and reported inside `main`; the process around
-    it (`test_a_failing_command_exits_1_with_one_line_and_no_traceback`) adds
-    nothing to them, and starting one costs CI about ten seconds a call.
-    """
-    capsys.readouterr()  # drop what building a fixture printed
-    status = main([*map(str, args)])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_a_failing_command_exits_1_with_one_line_and_no_traceback(tmp_path):
