@@ -48,12 +48,15 @@ PER_BACKEND = ("backends", "steps", "norms")
 def run_worker(backend, sections, quick):
     """This process runs on `backend`: measures its sections, returns `{section: result}`."""
     import importlib
+    import time
 
     results = {}
     for name in sections:
         title, module, _ = SECTIONS[name]
         print(f"{name} ({backend}): {title}", flush=True)
+        start = time.perf_counter()
         results[name] = importlib.import_module(module).run(quick)
+        print(f"{name} ({backend}): done in {time.perf_counter() - start:.0f} s", flush=True)
     return results
 
 
