@@ -20,6 +20,18 @@ def only_on(*backends, why):
     return pytest.mark.skipif(BACKEND not in backends, reason=f"{why}; runs on {', '.join(backends)}")
 
 
+def compiled_on_torch_only_for(names, *kept):
+    """`names` as parameters: every one runs on TensorFlow and JAX, only `kept` on PyTorch.
+
+    For the tests of a `fit` with `jit_compile=True` per layer: torch.compile of
+    a whole training step takes 15 to 60 s on 2 cores, and what it compiles of
+    ours (the binding, the penalty or the projection) is the same for every layer.
+    """
+    assert set(kept) <= set(names), (kept, names)
+    why = f"torch.compile of a whole step costs CI up to a minute a layer; PyTorch compiles {' and '.join(kept)}"
+    return [pytest.param(n, marks=() if n in kept else only_on("tensorflow", "jax", why=why)) for n in names]
+
+
 def to_numpy(x):
     if hasattr(x, "detach"):  # a torch tensor that records gradients
         x = x.detach()

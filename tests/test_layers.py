@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import reference
-from backends import to_numpy
+from backends import compiled_on_torch_only_for, to_numpy
 
 import keras_ortho
 
@@ -290,9 +290,12 @@ def test_stateless_call_losses_follow_each_layer_rule(name):
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
-@pytest.mark.parametrize(
-    "name", ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"]
-)  # per head under jit: test_regularizer.py
+@pytest.mark.parametrize(  # per head under jit: test_regularizer.py
+    "name",
+    compiled_on_torch_only_for(
+        ["Conv1D", "Conv2D(groups=2)", "DepthwiseConv2D", "SeparableConv2D", "LSTM"], "Conv2D(groups=2)", "LSTM"
+    ),
+)
 def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
     model = build(name, "constructor")
     before = {v.path: to_numpy(v).copy() for v in regularized(model, name)}

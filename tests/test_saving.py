@@ -15,7 +15,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from backends import only_on, run_fresh, to_numpy
+from backends import BACKEND, only_on, run_fresh, to_numpy
 from models import mixed_layers_model, regularizer_configs
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -222,10 +222,11 @@ LOAD_ON_BACKEND = textwrap.dedent(
             ),
         )
         for target in ("tensorflow", "jax", "torch")
+        if target != BACKEND  # a fresh process on this backend: the `saved` fixture and the round-trip tests
     ],
 )
 def test_keras_archive_loads_on_every_backend(saved, tmp_path, target):
-    """Saved on this backend, loaded on each: same configs, predictions and penalty."""
+    """Saved on this backend, loaded on each other one: same configs, predictions and penalty."""
     model, inputs, directory, _ = saved
     out = tmp_path / "loaded.npz"
     run_fresh(LOAD_ON_BACKEND, directory / "model.keras", directory / "inputs.npy", out, backend=target)
