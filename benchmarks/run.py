@@ -1,7 +1,7 @@
 """Benchmarks for keras_ortho, one entry point.
 
     python benchmarks/run.py            # full run, about 20 minutes on 2 cores
-    python benchmarks/run.py --quick    # about a minute: checks the harness works
+    python benchmarks/run.py --quick    # about 4 minutes on 2 cores: checks the harness works
     python benchmarks/run.py --backends jax,torch --sections backends
 
 Each Keras backend runs in a process of its own (KERAS_BACKEND is fixed when
