@@ -357,7 +357,7 @@ def polar_factor(phi, mode, method="svd", iterations=None):
     """
     backend = _backend.current()
     if method == "svd":
-        u, _, vh = ops.svd(phi, full_matrices=False)
+        u, vh = backend.svd_factors(phi)
         return backend.matmul(u, vh)
     size = ops.sqrt(ops.sum(ops.square(phi), axis=(-2, -1), keepdims=True))
     x = phi / (size + _TINY)

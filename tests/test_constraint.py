@@ -187,3 +187,13 @@ def test_a_tensor_standing_for_a_weight_is_sliced_by_its_layers_rule():
     assert len(got) == 3  # one (9, 2) matrix per input channel
     for slice_got, slice_expected in zip(got, expected, strict=True):
         np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6)
+
+
+def test_a_slice_whose_singular_values_cluster_near_one_gets_its_polar_factor():
+    """A float32 slice met after an SGD step of a constrained 32-layer tanh MLP (singular values in
+    [0.9995, 1.016]), on which LAPACK's divide-and-conquer SVD fails to converge: JAX's default SVD on
+    CPU returned NaN for it."""
+    w = np.load(os.path.join(os.path.dirname(__file__), "data", "gesdd_fails_float32.npy"))
+    assert w.shape == (64, 64) and w.dtype == np.float32
+    got = to_numpy(keras_ortho.OrthoConstraint()(keras.ops.convert_to_tensor(w)))
+    np.testing.assert_allclose(got, reference.polar_factor(w.astype("float64")), atol=2e-6)

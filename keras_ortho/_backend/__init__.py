@@ -17,6 +17,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `times_symmetric(phi, symmetric, mode, scale=None)`: `scale Phi_i S_i`
   ("columns") or `scale S_i Phi_i` ("rows"), for symmetric `S_i` and `scale` a
   scalar (a Python float or a 0-d tensor of `phi`'s dtype; None for none).
+* `svd_factors(phi)`: `(U, V^T)` of the thin SVD of each slice, without the
+  singular values, by an algorithm that converges on every finite slice.
 * `sign_of_residual(x)`: `sign(x)`, in `x`'s dtype; it may be written over `x`,
   which the caller no longer reads.
 * `sum_of_abs(x)`: `sum |x|` over every entry, a 0-d tensor in `x`'s dtype,

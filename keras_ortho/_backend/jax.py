@@ -58,6 +58,23 @@ def times_symmetric(phi, symmetric, mode, scale=None):
     return jnp.matmul(symmetric, phi, precision=_PRECISION)
 
 
+# On CPU, JAX's default SVD is LAPACK's divide and conquer (gesdd), which can
+# fail to converge on a float32 slice whose singular values cluster near 1, as
+# the constraint's slices do after each step, and JAX then returns NaN (a
+# 64 x 64 slice with singular values in [0.9995, 1.016], met training a tanh
+# MLP). The QR-based algorithm (gesvd) converges on those; on GPUs the default
+# (cuSOLVER's Jacobi for small slices) is kept. A JAX without `SvdAlgorithm` keeps its default.
+_CPU_SVD = getattr(getattr(jax.lax.linalg, "SvdAlgorithm", None), "QR", None)
+
+
+def svd_factors(phi):
+    if _CPU_SVD is not None and jax.default_backend() == "cpu":
+        u, _, vh = jax.lax.linalg.svd(phi, full_matrices=False, algorithm=_CPU_SVD)
+    else:
+        u, _, vh = jnp.linalg.svd(phi, full_matrices=False)
+    return u, vh
+
+
 def sign_of_residual(x):
     return jnp.sign(x)
 

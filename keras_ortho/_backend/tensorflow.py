@@ -73,6 +73,11 @@ def times_symmetric(phi, symmetric, mode, scale=None):
     return tf.linalg.matmul(symmetric, phi)
 
 
+def svd_factors(phi):
+    _, u, v = tf.linalg.svd(phi, full_matrices=False)
+    return u, tf.linalg.matrix_transpose(v)
+
+
 def sign_of_residual(x):
     return tf.sign(x)
 

@@ -69,6 +69,11 @@ def _host_number(scale):
     return float(scale) if scale.device.type == "cpu" else None
 
 
+def svd_factors(phi):
+    u, _, vh = torch.linalg.svd(phi, full_matrices=False)
+    return u, vh
+
+
 def sum_of_abs(x):
     # One reduction, where `abs` then `sum` would allocate an `|x|` the size of
     # the Gram, and dispatch twice.
