@@ -44,8 +44,12 @@ def check_slice_axis(slice_axis):
 
 
 def check_choice(name, value, choices):
-    """`value` must be one of the strings `choices`."""
-    if not isinstance(value, str) or value not in choices:
+    """`value` must be one of the strings `choices`: TypeError for a non-string, ValueError for another string."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Argument `{name}` must be one of {choices}. Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    if value not in choices:
         raise ValueError(f"Argument `{name}` must be one of {choices}. Received: {name}={value!r}")
     return value
 
@@ -76,18 +80,35 @@ def check_norm(norm, reduction="sum"):
 
 
 def check_positive_int(name, value, allow_none=False):
-    """`value` must be an int >= 1 (bool is refused), or None when allowed."""
+    """`value` must be an int >= 1, or None when allowed: TypeError for another type (bool too), ValueError below 1."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        expected = "None or an int >= 1" if allow_none else "an int >= 1"
+    expected = "None or an int >= 1" if allow_none else "an int >= 1"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"Argument `{name}` must be {expected}. Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    if value < 1:
         raise ValueError(f"Argument `{name}` must be {expected}. Received: {name}={value!r}")
     return int(value)
 
 
 def check_bool(name, value):
+    """`value` must be True or False: 1, 0 and None are refused, so that no truthy value is read as False later."""
     if not isinstance(value, bool):
-        raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={value!r}")
+        raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={value!r} of type {type(value).__name__}")
+    return value
+
+
+def check_auto_or_bool(name, value):
+    """`value` must be "auto", True or False: ValueError for another string, TypeError for 1, 0, None and the like."""
+    if isinstance(value, str):
+        return check_choice(name, value, ("auto",))
+    if not isinstance(value, bool):
+        raise TypeError(
+            f'Argument `{name}` must be "auto", True or False. '
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
     return value
 
 

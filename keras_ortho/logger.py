@@ -113,11 +113,7 @@ class OrthoLogger(keras.callbacks.Callback):
         if self.log_dir is not None:
             _tensorboard.check_packages(self.log_dir)
         self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
-        if weight_logs not in ("auto", True, False):
-            raise ValueError(
-                f'Argument `weight_logs` must be "auto", True or False. Received: weight_logs={weight_logs!r}'
-            )
-        self.weight_logs = weight_logs
+        self.weight_logs = _validation.check_auto_or_bool("weight_logs", weight_logs)
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.

@@ -157,9 +157,13 @@ def test_big_models_log_one_total_unless_asked(count, weight_logs, per_weight):
         np.testing.assert_allclose(history.history["ortho/total"][0], sum(totals.values()), rtol=1e-6)
 
 
-def test_weight_logs_is_checked():
-    with pytest.raises(ValueError, match="weight_logs='some'"):
-        OrthoLogger(weight_logs="some")
+@pytest.mark.parametrize(
+    "weight_logs,error", [("some", ValueError), (1, TypeError), (0, TypeError), (None, TypeError), (1.0, TypeError)]
+)
+def test_weight_logs_is_auto_or_a_bool(weight_logs, error):
+    """1 would pass an `in ("auto", True, False)` check, then act as False: only a bool or "auto" is taken."""
+    with pytest.raises(error, match=rf"`weight_logs`.*Received: weight_logs={weight_logs!r}"):
+        OrthoLogger(weight_logs=weight_logs)
 
 
 def test_explicit_weights_on_an_unregularized_model():
@@ -457,7 +461,7 @@ def test_non_finite_weights_are_recorded_as_nan_with_one_warning():
     "kwargs,error,message",
     [
         ({"every_n_batches": 0}, ValueError, r"`every_n_batches`.*Received: every_n_batches=0"),
-        ({"every_n_batches": 2.5}, ValueError, r"Received: every_n_batches=2\.5"),
+        ({"every_n_batches": 2.5}, TypeError, r"Received: every_n_batches=2\.5"),
         ({"log_dir": 3}, TypeError, r"`log_dir`.*Received: log_dir=3"),
         ({"per_slice_logs": "yes"}, TypeError, r"`per_slice_logs`.*Received: per_slice_logs='yes'"),
         ({"weights": "dense/kernel"}, TypeError, r"`weights`.*Received: weights='dense/kernel'"),

@@ -73,7 +73,7 @@ def test_call_equals_ortho_penalty(rng):
         ({"factor": float("nan")}, ValueError, r"`factor`.*Received: factor=nan"),
         ({"factor": float("inf")}, ValueError, r"`factor`.*Received: factor=inf"),
         ({"mode": "diag"}, ValueError, r"`mode`.*Received: mode='diag'"),
-        ({"mode": None}, ValueError, r"`mode`.*Received: mode=None"),
+        ({"mode": None}, TypeError, r"`mode`.*Received: mode=None of type NoneType"),
         ({"slice_axis": 1.0}, TypeError, r"`slice_axis`.*Received: slice_axis=1\.0"),
         ({"slice_axis": True}, TypeError, r"`slice_axis`.*Received: slice_axis=True"),
         ({"slice_axis": "1"}, TypeError, r"`slice_axis`.*Received: slice_axis='1'"),

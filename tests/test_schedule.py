@@ -442,9 +442,10 @@ def test_lazy_regularization_refuses_several_steps_per_execution():
     assert all(v.regularizer._scale is None for v in model.trainable_weights if v.regularizer is not None)
 
 
-@pytest.mark.parametrize("every", [0, -1, 1.5, True])
-def test_every_must_be_a_positive_int(every):
-    with pytest.raises(ValueError, match=rf"Argument `every`.*Received: every={every!r}"):
+@pytest.mark.parametrize("every,error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_every_must_be_a_positive_int(every, error):
+    """Keras's convention: TypeError for a value of the wrong type, ValueError for one out of range."""
+    with pytest.raises(error, match=rf"Argument `every`.*Received: every={every!r}"):
         keras_ortho.OrthoSchedule(every=every)
 
 
