@@ -19,8 +19,8 @@ Selection = str | Sequence[str] | Callable[[keras.Variable], bool]
 class _Kind:
     """What is put on a kernel: its class, the variable's attribute, how the layer's arguments name it."""
 
-    def __init__(self, cls, attribute, verb, frozen_reason):
-        self.cls, self.attribute, self.verb, self.frozen_reason = cls, attribute, verb, frozen_reason
+    def __init__(self, cls, attribute, verb, past, frozen_reason):
+        self.cls, self.attribute, self.verb, self.past, self.frozen_reason = cls, attribute, verb, past, frozen_reason
 
     def argument(self, regularizer_argument):
         """`kernel_regularizer` -> `kernel_constraint` for constraints."""
@@ -36,12 +36,14 @@ _REGULARIZER = _Kind(
     OrthoRegularizer,
     "regularizer",
     "regularize",
+    "regularized",
     "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
 )
 _CONSTRAINT = _Kind(
     OrthoConstraint,
     "constraint",
     "constrain",
+    "constrained",
     "the optimizer never updates a frozen weight, so a constraint there would never apply.",
 )
 
@@ -198,7 +200,7 @@ def _put(model, obj, kind, include, exclude):
     if not paths and obj is not None and (include is not None or exclude is not None):
         warnings.warn(
             f"{kind.verb}: no kernel of '{model.name}' is left by include={include_arg!r}, "
-            f"exclude={exclude_arg!r}, so nothing was {kind.verb}ed. The patterns match variable "
+            f"exclude={exclude_arg!r}, so nothing was {kind.past}. The patterns match variable "
             f"paths such as {_some_kernel_paths(model)}.",
             UserWarning,
             stacklevel=3,
@@ -331,7 +333,7 @@ def _warn_if_configs_drop(model, paths, kind=_REGULARIZER):
     if dropped:
         shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
         warnings.warn(
-            f"{kind.verb}: {len(dropped)} of the {len(paths)} kernels {kind.verb}ed in '{model.name}' "
+            f"{kind.verb}: {len(dropped)} of the {len(paths)} kernels {kind.past} in '{model.name}' "
             f"belong to layers whose config cannot carry a {kind.attribute} ({shown}): `model.save` "
             f"and `to_json` keep the weights but not those {kind.attribute}s. Call "
             f"`keras_ortho.{kind.verb}` again after loading the model.",
