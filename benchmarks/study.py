@@ -723,6 +723,9 @@ def curves_chart(tasks, variants, runs, path):
     """Training loss against step, one panel per task, the mean over seeds of each variant."""
     from matplotlib.figure import Figure
 
+    # Each family's tasks side by side, shortest (shallowest) first.
+    families = list(dict.fromkeys(t.family for t in tasks))
+    tasks = sorted(tasks, key=lambda t: (families.index(t.family), t.size))
     columns = 4
     rows = int(np.ceil(len(tasks) / columns))
     figure = Figure(figsize=(4.2 * columns, 3.3 * rows + 0.8), layout="constrained")
@@ -753,8 +756,13 @@ def curves_chart(tasks, variants, runs, path):
         ax.set_ylabel("training loss (with penalty)")
     for ax in axes[len(tasks) :]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
+    # One entry per variant drawn anywhere: no panel holds them all (n/a cells).
+    entries = {}
+    for ax in axes[: len(tasks)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    labels = [v.name for v in variants if v.name in entries]
+    figure.legend([entries[n] for n in labels], labels, loc="outside lower center", ncols=len(labels), fontsize=8)
     figure.savefig(path, dpi=90)
 
 
@@ -803,7 +811,16 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes (default: one per core)")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
+    parser.add_argument(
+        "--from-json",
+        type=pathlib.Path,
+        default=None,
+        help="write the tables and figures again from a study.json, training nothing",
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        render(args.from_json, args.out)
+        return
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1; received {args.seeds}")
     if args.jobs < 1:
@@ -842,10 +859,33 @@ def main(argv=None):
         "investigations": tried,
     }
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(tasks, variants, summary, sweeps, chosen, tried, meta))
-    curves_chart(tasks, variants, runs, args.out / f"{stem}.png")
-    depth_chart(tasks, variants, summary, args.out / f"{stem}_depth.png")
+    write_outputs(tasks, variants, record, args.out / stem)
     print(f"wrote {args.out / (stem + '.md')}, .json and .png in {meta['minutes']:.1f} minutes")
+
+
+def write_outputs(tasks, variants, record, stem):
+    """`stem`.md and the figures from a study's record (what `study.json` holds)."""
+    summary, runs = record["summary"], record["runs"]
+    text = markdown(
+        tasks, variants, summary, record["sweeps"], record["chosen_factors"], record["investigations"], record["meta"]
+    )
+    stem.with_suffix(".md").write_text(text)
+    curves_chart(tasks, variants, runs, stem.with_suffix(".png"))
+    depth_chart(tasks, variants, summary, stem.parent / f"{stem.name}_depth.png")
+
+
+def render(path, out):
+    """The tables and figures again from a saved study: its tasks and variants are the ones its runs name."""
+    if not path.is_file():
+        raise SystemExit(f"study.py: error: no such file: {path}")
+    record = json.loads(path.read_text())
+    quick = record["meta"]["quick"]
+    names = {r["task"] for r in record["runs"]}
+    tasks = tuple(t for t in tasks_of(quick) if t.name in names)
+    variants = tuple(v for v in VARIANTS if v.name in QUICK_VARIANTS) if quick else VARIANTS
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(tasks, variants, record, out / path.stem)
+    print(f"wrote {out / (path.stem + '.md')} and its figures from {path}")
 
 
 if __name__ == "__main__":
