@@ -24,8 +24,9 @@ class OrthoLogger(keras.callbacks.Callback):
     for "fro", ...), unscaled, so `factor * total` is the weight's
     regularization loss with `reduction="sum"`.
 
-    At every epoch end it writes `logs["ortho/<variable.path>"]`, the sum of
-    that weight's slice errors, into the epoch logs in place, so History,
+    At every epoch end it writes `logs["ortho/<path>"]`, the sum of that
+    weight's slice errors (`<path>` being the weight's path inside the model,
+    as `watched_paths` lists it), into the epoch logs in place, so History,
     CSVLogger, TensorBoard, EarlyStopping and ModelCheckpoint see it when they
     are listed after this callback. A model with more than 8 watched weights
     gets one `logs["ortho/total"]` instead (the sum over all of them), so that

@@ -20,10 +20,14 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
 
     Args:
         factor: real number >= 0, the weight of the penalty. Defaults to 0.01.
-        slice_axis: None (default) for the per-layer default slicing: rank 3
-            kernels per axis 1 (per attention head), every other rank as one
-            matrix `(prod(shape[:-1]), shape[-1])`. An int slices along that
-            axis instead (negative counts from the end).
+        slice_axis: None (default) for the slicing of the weight's layer (the
+            slicing table, docs/slicing.md: per head for attention projections,
+            per gate for recurrent kernels, per channel or group for
+            depthwise and grouped convolutions, one matrix
+            `(prod(shape[:-1]), shape[-1])` for Dense and Conv kernels); a
+            weight whose layer is unknown is sliced on axis 1 at rank 3 and
+            as one matrix otherwise. An int slices along that axis instead
+            (negative counts from the end).
         mode: "columns" (`Phi_i^T Phi_i ~ I`), "rows" (`Phi_i Phi_i^T ~ I`) or
             "auto" (default): columns when a slice has at least as many rows
             as columns, rows otherwise.

@@ -15,7 +15,8 @@ class OrthoTarget(_scale.ScaleCallback):
 
     At the start of each epoch it measures `error`, the mean (or the max) over
     every slice of every weight regularized by an OrthoRegularizer of that
-    slice's `slice_errors` (`sum_jk |G_i|_jk`, what `OrthoLogger` records), on
+    slice's `slice_errors` under its regularizer's norm (`sum_jk |G_i|_jk` for
+    the default "l1"; what `OrthoLogger` records), on
     the weights the epoch starts from, and updates the scale multiplicatively:
 
         scale <- clip(scale * (error / target) ** rate, min_scale, max_scale)
