@@ -22,30 +22,7 @@ Beneath them:
     _keras_compat.py every reliance on Keras beyond its public API
 """
 
-from keras_ortho._command import quiet_start_up, running_as_command
-
-try:
-    with quiet_start_up():
-        import keras  # noqa: F401  (loads the backend KERAS_BACKEND names)
-except ModuleNotFoundError as error:
-    _message = (
-        f"Keras could not load its backend ({error}). Set KERAS_BACKEND to the backend "
-        "you installed (KERAS_BACKEND=jax or KERAS_BACKEND=torch), or install one: "
-        "`pip install 'keras-ortho[tensorflow]'` (Keras's default backend), "
-        "`'keras-ortho[jax]'` or `'keras-ortho[torch]'`."
-    )
-    if running_as_command():  # one line for the `keras-ortho` command, no traceback
-        raise SystemExit(f"keras-ortho: error: {_message}") from None
-    raise ImportError(f"keras_ortho: {_message}") from error
-
-from keras_ortho.constraint import OrthoConstraint
-from keras_ortho.logger import OrthoLogger
-from keras_ortho.models import constrain, regularize
-from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
-from keras_ortho.plotting import plot_errors
-from keras_ortho.regularizer import OrthoRegularizer
-from keras_ortho.schedule import OrthoSchedule
-from keras_ortho.target import OrthoTarget
+from keras_ortho._command import import_keras, running_as_command
 
 __version__ = "0.2.0"
 
@@ -62,3 +39,32 @@ __all__ = [
     "regularize",
     "slice_errors",
 ]
+
+
+if not running_as_command():
+    import_keras()
+    from keras_ortho.constraint import OrthoConstraint
+    from keras_ortho.logger import OrthoLogger
+    from keras_ortho.models import constrain, regularize
+    from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
+    from keras_ortho.plotting import plot_errors
+    from keras_ortho.regularizer import OrthoRegularizer
+    from keras_ortho.schedule import OrthoSchedule
+    from keras_ortho.target import OrthoTarget
+else:
+    # The `keras-ortho` command parses its arguments and checks its file
+    # before Keras loads (seconds, with TensorFlow): the names load on first use.
+    _PUBLIC_MODULES = ("constraint", "logger", "models", "ops", "plotting", "regularizer", "schedule", "target")
+
+    def __getattr__(name):
+        if name not in __all__:
+            raise AttributeError(f"module 'keras_ortho' has no attribute {name!r}")
+        import_keras()
+        import importlib
+
+        for module in _PUBLIC_MODULES:
+            value = getattr(importlib.import_module(f"keras_ortho.{module}"), name, None)
+            if value is not None:
+                globals()[name] = value
+                return value
+        raise AttributeError(f"module 'keras_ortho' has no attribute {name!r}")

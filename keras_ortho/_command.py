@@ -7,9 +7,10 @@ import sys
 
 def running_as_command():
     """True in `python -m keras_ortho ...` and the `keras-ortho` console script."""
-    return getattr(sys, "orig_argv", [])[1:3] == ["-m", "keras_ortho"] or (
-        os.path.basename(sys.argv[0]) == "keras-ortho"
-    )
+    argv = getattr(sys, "orig_argv", [])
+    # Interpreter options may come first (`python -X importtime -m keras_ortho`).
+    module = argv[argv.index("-m") + 1 : argv.index("-m") + 2] if "-m" in argv else []
+    return module == ["keras_ortho"] or os.path.basename(sys.argv[0]) == "keras-ortho"
 
 
 @contextlib.contextmanager
@@ -35,3 +36,25 @@ def quiet_start_up():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def import_keras():
+    """Imports Keras (which loads the backend KERAS_BACKEND names), quietly in the command.
+
+    Raises:
+        ImportError: when the backend cannot load, saying how to install or
+            choose one; in the command, SystemExit with that message in one line.
+    """
+    try:
+        with quiet_start_up():
+            import keras  # noqa: F401
+    except ModuleNotFoundError as error:
+        message = (
+            f"Keras could not load its backend ({error}). Set KERAS_BACKEND to the backend "
+            "you installed (KERAS_BACKEND=jax or KERAS_BACKEND=torch), or install one: "
+            "`pip install 'keras-ortho[tensorflow]'` (Keras's default backend), "
+            "`'keras-ortho[jax]'` or `'keras-ortho[torch]'`."
+        )
+        if running_as_command():  # one line for the `keras-ortho` command, no traceback
+            raise SystemExit(f"keras-ortho: error: {message}") from None
+        raise ImportError(f"keras_ortho: {message}") from error

@@ -19,7 +19,9 @@ import zipfile
 
 import numpy as np
 
-from keras_ortho import _validation, _watch
+# Keras (and with it TensorFlow, seconds to import) loads only once the
+# arguments are parsed and the model file checked: `--help` and a wrong path
+# answer at once.
 
 PROG = "keras-ortho"
 
@@ -28,10 +30,8 @@ class ReportError(Exception):
     """A failure to report on, in one line, without a traceback."""
 
 
-def load_model(path):
-    """Loads a `.keras` or `.h5` model for inspection (not compiled)."""
-    import keras
-
+def check_model_file(path):
+    """A `.keras` or `.h5` file that exists and is what its name says, checked before Keras loads."""
     if not os.path.exists(path):
         raise ReportError(f"no such file: {path}")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -42,6 +42,13 @@ def load_model(path):
         raise ReportError(f"cannot load {path}: the file is corrupt (a .keras file is a zip archive; this is not)")
     if path.endswith((".h5", ".hdf5")) and not _is_hdf5(path):
         raise ReportError(f"cannot load {path}: the file is corrupt (not an HDF5 file)")
+
+
+def load_model(path):
+    """Loads a `.keras` or `.h5` model for inspection (not compiled)."""
+    import keras
+
+    check_model_file(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for bad files; report any in one line
@@ -83,6 +90,8 @@ def import_modules(names):
 
 def measure(model, include_all=False, worst=3):
     """One entry per measured kernel: shape, slicing and per-slice error statistics."""
+    from keras_ortho import _watch
+
     watched = _watch.regularized_weights(model, include_all=include_all)
     if not watched:
         return []
@@ -158,6 +167,14 @@ def run_report(args, out=None):
                 f"cannot write {args.plot}: --plot takes a file ending in one of "
                 f"{', '.join('.' + f for f in sorted(formats))}; received '.{extension}'"
             )
+    check_model_file(args.model)
+    from keras_ortho._command import import_keras
+
+    import_keras()
+    # What a saved file names as `keras_ortho>...` is registered as these load.
+    import keras_ortho.constraint  # noqa: F401
+    import keras_ortho.regularizer  # noqa: F401
+
     import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)
@@ -182,9 +199,12 @@ def run_report(args, out=None):
 
 def _positive_int(text):
     try:
-        return _validation.check_positive_int("--worst", int(text))
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
 
 
 def build_parser():

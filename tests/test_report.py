@@ -238,6 +238,25 @@ def test_bad_files_exit_1_with_one_line(tmp_path, capsys, make, message):
     assert line.startswith("keras-ortho: error: ") and message in line, line
 
 
+@pytest.mark.parametrize("args", [("--help",), ("missing.keras",), ("--worst", "0", "m.keras")])
+def test_help_and_argument_errors_answer_before_keras_loads(tmp_path, args):
+    """Keras with TensorFlow takes seconds to import: `-X importtime` lists every module the command imported."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keras_ortho", "report", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in lines]
+    assert "keras_ortho.report" in imported  # the listing is there
+    assert not [m for m in imported if m.split(".")[0] in ("keras", "tensorflow", "jax", "torch")]
+    assert result.returncode == (0 if args == ("--help",) else 1 if args == ("missing.keras",) else 2)
+
+
 def test_console_script_is_installed():
     # Installed beside the interpreter, which need not be on PATH (a venv not activated).
     script = shutil.which("keras-ortho", path=os.path.dirname(sys.executable)) or shutil.which("keras-ortho")
