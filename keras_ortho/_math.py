@@ -65,6 +65,14 @@ from keras_ortho import _backend
 from keras_ortho._slicing import auto_mode
 
 NORMS = ("l1", "fro", "double", "spectral", "coherence")
+# What each norm measures of a slice, as tables and axes name it.
+MEASURES = {
+    "l1": "sum |G_i|",
+    "fro": "||G_i||_F^2",
+    "double": "||G_i||_F^2 + ||G_i'||_F^2",
+    "spectral": "|lambda|_max(G_i)",
+    "coherence": "max |G_i|",
+}
 # The norms that sum over the Gram's entries, so that "mean" can average them.
 SUMMING_NORMS = ("l1", "fro", "double")
 POWER_ITERATIONS = 32

@@ -7,7 +7,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from keras_ortho import _validation
+from keras_ortho import _math, _validation
 
 # From this many weights on, one overview replaces the panel per weight.
 OVERVIEW_FROM = 13
@@ -40,6 +40,7 @@ def plot_errors(
     epochs: Sequence[int] | None = None,
     title: str | None = None,
     max_columns: int = 2,
+    measure: str | None = None,
 ) -> "matplotlib.figure.Figure":  # noqa: F821 (matplotlib is imported when called)
     """Per-slice errors of each weight, drawn for a person to read at a glance.
 
@@ -68,6 +69,9 @@ def plot_errors(
             when `source` is one, else 0, 1, 2, ...
         title: optional figure title.
         max_columns: panels per row of the grid.
+        measure: what an error measures, for the axes (such as "sum |G_i|",
+            the L1 norm's); None takes it from the logger's norm (or says
+            "error" for weights of different norms, and for a dict).
 
     Returns:
         The `matplotlib.figure.Figure`.
@@ -107,10 +111,11 @@ def plot_errors(
             f"Received: epochs of length {len(epochs)}"
         )
 
+    measure = _measure_of(source) if measure is None else measure
     snapshot = num_rows == 1
     shown_epochs = None if snapshot else [int(e) + 1 for e in epochs]
     if len(arrays) >= OVERVIEW_FROM:
-        figure = _overview(Figure, LogNorm, arrays, shown_epochs)
+        figure = _overview(Figure, LogNorm, arrays, shown_epochs, measure)
         if title:
             figure.suptitle(title)
         if path is not None:
@@ -130,25 +135,31 @@ def plot_errors(
             image = _slices_by_epochs(ax, values, norm, shown_epochs)
         elif kind == "line":
             _line(ax, shown_epochs[: len(values)], values[:, 0])
-            ax.set_ylabel("sum |G|")
+            ax.set_ylabel(measure)
         elif kind == "slices":
-            _slice_bars(ax, values)
+            _slice_bars(ax, values, measure)
         else:  # "kernels": one bar per one-slice weight
             names = list(values)
             ax.barh(np.arange(len(names)), [values[n] for n in names])
             ax.set_yticks(np.arange(len(names)), names, fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlabel("sum |G|")
+            ax.set_xlabel(measure)
             _log_if_wide(ax, np.array(list(values.values())), "x")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if image is not None:
-        figure.colorbar(image, ax=axes, label="sum |G_i| (log scale)")
+        figure.colorbar(image, ax=axes, label=f"{measure} (log scale)")
     if title:
         figure.suptitle(title)
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
+
+
+def _measure_of(source):
+    """The axes' name for an error: the logger's one norm, else "error"."""
+    norms = {w.norm for w in getattr(source, "_watched", ())}
+    return _math.MEASURES[norms.pop()] if len(norms) == 1 else "error"
 
 
 def _panels(arrays, snapshot):
@@ -197,12 +208,12 @@ def _slices_by_epochs(ax, values, norm, shown_epochs):
     return image
 
 
-def _slice_bars(ax, values):
+def _slice_bars(ax, values, measure):
     """One point in time of a weight: a bar per slice."""
     ax.bar(np.arange(values.shape[1]), values[0], width=0.8)
     ax.set_xticks(*_ticks(values.shape[1]))
     ax.set_xlabel("slice")
-    ax.set_ylabel("sum |G_i|")
+    ax.set_ylabel(measure)
     _log_if_wide(ax, values, "y")
 
 
@@ -218,7 +229,7 @@ def _line(ax, epochs, values, **style):
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
 
 
-def _overview(Figure, LogNorm, arrays, shown_epochs):
+def _overview(Figure, LogNorm, arrays, shown_epochs, measure):
     """Totals of every weight, and the slices of the worst, in one figure of bounded size.
 
     `shown_epochs` is None for a single point in time.
@@ -241,7 +252,7 @@ def _overview(Figure, LogNorm, arrays, shown_epochs):
     label_size = 7 if len(names) <= 80 else 5
     if snapshot:
         overview.barh(np.arange(len(names)), totals[:, 0], height=0.8)
-        overview.set_xlabel("total error: sum over slices of sum |G_i|")
+        overview.set_xlabel(f"total error: sum over slices of {measure}")
         _log_if_wide(overview, totals[:, 0], "x")
     else:
         image = _heatmap(overview, totals, _fitted_norm(LogNorm, [totals]), shown_epochs)
@@ -250,16 +261,18 @@ def _overview(Figure, LogNorm, arrays, shown_epochs):
     overview.set_ylim(len(names) - 0.5, -0.5)
     overview.yaxis.tick_right()
     overview.set_title(f"all {len(names)} weights: total error", fontsize=10)
+    rank = {names[i]: r + 1 for r, i in enumerate(np.argsort(-last, kind="stable"))}
     for row, name in enumerate(worst):
         ax = figure.add_subplot(grid[row, 1])
         values = arrays[name]
-        ax.set_title(f"#{row + 1} largest: {name}", fontsize=9)
+        # Its rank among all weights by total error (a snapshot's one-slice weights are not detailed).
+        ax.set_title(f"{name}: total {np.sum(values[-1]):.4g}, #{rank[name]} of {len(names)}", fontsize=9)
         if snapshot:
-            _slice_bars(ax, values)
+            _slice_bars(ax, values, measure)
         elif values.shape[1] == 1:
             _line(ax, shown_epochs[: len(values)], values[:, 0])
-            ax.set_ylabel("sum |G_i|")
+            ax.set_ylabel(measure)
         else:
             image = _slices_by_epochs(ax, values, _fitted_norm(LogNorm, [values]), shown_epochs)
-            figure.colorbar(image, ax=ax, label="sum |G_i|")
+            figure.colorbar(image, ax=ax, label=measure)
     return figure

@@ -4,8 +4,9 @@
 
 Loads a `.keras` or legacy `.h5` model and prints, for every kernel regularized
 by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too),
-its path, shape, number of slices and the per-slice errors `sum_jk |G_i|_jk`:
-min, median, max and the worst slices. A model with custom layers loads once
+its path, shape, number of slices and the per-slice errors under its
+regularizer's norm (`sum_jk |G_i|_jk` for the default "l1"; the output names
+each): min, median, max and the worst slices. A model with custom layers loads once
 `--import` has imported the modules that register them.
 """
 
@@ -91,6 +92,7 @@ def import_modules(names):
 def measure(model, include_all=False, worst=3):
     """One entry per measured kernel: shape, slicing and per-slice error statistics."""
     from keras_ortho import _watch
+    from keras_ortho._math import MEASURES
 
     watched = _watch.regularized_weights(model, include_all=include_all)
     if not watched:
@@ -110,6 +112,8 @@ def measure(model, include_all=False, worst=3):
                 "gram": w.plan.mode,
                 "regularized": regularizer is not None,
                 "factor": None if regularizer is None else regularizer.factor,
+                "norm": w.norm,
+                "measure": MEASURES[w.norm],
                 "min": float(np.min(values)),
                 "median": float(np.median(values)),
                 "max": float(np.max(values)),
@@ -125,6 +129,7 @@ def format_table(model_path, entries):
     """A plain-text table, one row per kernel."""
     if not entries:
         return f"{model_path}: no kernel is regularized by OrthoRegularizer (use --all to measure every kernel)\n"
+    norms = list(dict.fromkeys(e["norm"] for e in entries))
     headers = ["kernel", "shape", "slices", "Gram", "min", "median", "max", "worst slices"]
     rows = [
         [
@@ -137,14 +142,22 @@ def format_table(model_path, entries):
             f"{e['max']:.4g}",
             ", ".join(f"#{i}: {v:.4g}" for i, v in e["worst"]),
         ]
+        + ([e["norm"]] if len(norms) > 1 else [])
         for e in entries
     ]
+    if len(norms) > 1:
+        headers.append("norm")
     widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in [headers, ["-" * w for w in widths]] + rows
     ]
-    return f"{model_path}: {len(entries)} kernel(s); error of a slice = sum_jk |G_i|_jk\n" + "\n".join(lines) + "\n"
+    measures = ", ".join(f"{e['measure']} ({e['norm']})" for e in {e["norm"]: e for e in entries}.values())
+    if len(norms) == 1:
+        head = f"error of a slice = {measures}"
+    else:
+        head = f"error of a slice under each kernel's norm: {measures}"
+    return f"{model_path}: {len(entries)} kernel(s); {head}\n" + "\n".join(lines) + "\n"
 
 
 def run_report(args, out=None):
@@ -192,6 +205,7 @@ def run_report(args, out=None):
             {e["path"]: np.array([e["errors"]]) for e in entries},
             path=args.plot,
             title=f"{os.path.basename(args.model)}: errors of each slice, as saved",
+            measure=entries[0]["measure"] if len({e["norm"] for e in entries}) == 1 else "error (each kernel's norm)",
         )
         if not args.json:
             out.write(f"plot written to {args.plot}\n")

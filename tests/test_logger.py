@@ -376,11 +376,27 @@ def test_many_weights_give_one_overview_of_bounded_size(weights, epochs):
         np.testing.assert_allclose(overview.get_images()[0].get_array(), totals)
     else:
         np.testing.assert_allclose([p.get_width() for p in overview.patches], totals[:, 0])
-    # Beside it, the slices of the weights with the largest totals in the last epoch.
-    candidates = [n for n, e in errors.items() if epochs > 1 or e.shape[1] > 1]
-    largest = sorted(candidates, key=lambda n: -errors[n][-1].sum())[:4]
+    # Beside it, the slices of the weights with the largest totals in the last epoch, each titled
+    # with its total and its rank among all weights (a snapshot's one-slice weights are not detailed).
+    ranked = sorted(errors, key=lambda n: -errors[n][-1].sum())
+    largest = [n for n in ranked if epochs > 1 or errors[n].shape[1] > 1][:4]
     titles = [ax.get_title() for ax in figure.axes[1:] if ax.get_title()]
-    assert titles == [f"#{k + 1} largest: {name}" for k, name in enumerate(largest)]
+    assert len(titles) == 4
+    assert titles == [
+        f"{name}: total {errors[name][-1].sum():.4g}, #{ranked.index(name) + 1} of {weights}" for name in largest
+    ]
+
+
+@pytest.mark.parametrize("norm, measure", [("fro", "||G_i||_F^2"), ("spectral", "|lambda|_max(G_i)")])
+def test_the_axes_name_the_norm_the_errors_are_measured_by(norm, measure):
+    regularizer = keras_ortho.OrthoRegularizer(0.01, norm=norm)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, kernel_regularizer=regularizer, name="d")])
+    model.compile(optimizer="sgd", loss="mse")
+    logger = OrthoLogger()
+    model.fit(np.ones((8, 6), "float32"), np.zeros((8, 4), "float32"), epochs=2, verbose=0, callbacks=[logger])
+    line = keras_ortho.plot_errors(logger).axes[0]  # one slice: a line over epochs
+    assert line.get_ylabel() == measure
+    assert keras_ortho.plot_errors({"d/kernel": np.ones((2, 1))}).axes[0].get_ylabel() == "error"
 
 
 def test_plot_colour_scale_spans_exactly_the_data():

@@ -281,3 +281,26 @@ def test_one_model_has_one_set_of_names_live_in_keras_and_in_h5(tmp_path, capsys
         model.save(tmp_path / f"model.{form}")
         report = run_json(capsys, tmp_path / f"model.{form}")
         assert [e["path"] for e in report["kernels"]] == names, form
+
+
+def test_each_kernel_is_measured_and_named_by_its_regularizers_norm(tmp_path, capsys):
+    """The report measures each kernel as its regularizer does, and says which norm a number is."""
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(8, kernel_regularizer=keras_ortho.OrthoRegularizer(0.1, norm="fro"), name="fro"),
+            keras.layers.Dense(6, kernel_regularizer=keras_ortho.OrthoRegularizer(0.1, norm="spectral"), name="sp"),
+        ]
+    )
+    model.save(tmp_path / "norms.keras")
+    report = run_json(capsys, tmp_path / "norms.keras")
+    assert [(k["path"], k["norm"]) for k in report["kernels"]] == [("fro/kernel", "fro"), ("sp/kernel", "spectral")]
+    for kernel, layer in zip(report["kernels"], model.layers, strict=True):
+        expected = reference.norm_errors(layer.kernel.numpy(), kernel["norm"])
+        # The spectral norm comes from 32 power-iteration steps; the reference is an exact eigensolver.
+        np.testing.assert_allclose(kernel["errors"], expected, rtol=1e-5 if kernel["norm"] == "fro" else 1e-3)
+    status, out, _ = run_main(capsys, "report", tmp_path / "norms.keras")
+    head, table = out.splitlines()[0], out.splitlines()[1]
+    assert status == 0
+    assert "||G_i||_F^2 (fro)" in head and "|lambda|_max(G_i) (spectral)" in head and "sum |G_i|" not in head
+    assert table.split()[-1] == "norm"
