@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import reference
-from backends import compiled_on_torch_only_for, to_numpy
+from backends import compiled_on_torch_only_for, only_on, to_numpy
 from test_layers import LAYERS, inputs_for, model_of, rule_of
 
 import keras_ortho
@@ -197,3 +197,25 @@ def test_a_slice_whose_singular_values_cluster_near_one_gets_its_polar_factor():
     assert w.shape == (64, 64) and w.dtype == np.float32
     got = to_numpy(keras_ortho.OrthoConstraint()(keras.ops.convert_to_tensor(w)))
     np.testing.assert_allclose(got, reference.polar_factor(w.astype("float64")), atol=2e-6)
+
+
+@only_on("jax", why="JAX before 0.5.3 has one SVD on CPU, whose NaN the backend catches")
+@pytest.mark.parametrize("shape", [(64, 64), (9, 4), (4, 9), (3, 9, 4)])
+def test_a_jax_without_a_choice_of_cpu_svd_recomputes_a_failed_slice(monkeypatch, shape):
+    """Where the divide-and-conquer SVD is the only one (JAX 0.4.38 of the oldest Keras claimed), a stack
+    whose SVD came back non-finite is recomputed from its Gram's eigendecomposition."""
+    from keras_ortho._backend import jax as jax_backend
+
+    monkeypatch.setattr(jax_backend, "_CPU_QR", False)
+    w = np.load(os.path.join(os.path.dirname(__file__), "data", "gesdd_fails_float32.npy"))
+    got = to_numpy(keras_ortho.OrthoConstraint()(keras.ops.convert_to_tensor(w)))
+    np.testing.assert_allclose(got, reference.polar_factor(w.astype("float64")), atol=2e-6)
+    # The fallback itself, on slices of every shape (singular values in [0.5, 2]).
+    rng = np.random.default_rng(0)
+    count = shape[0] if len(shape) == 3 else 1
+    spectrum = np.linspace(0.5, 2.0, min(shape[-2:]))
+    slices = [reference.with_singular_values(rng, *shape[-2:], spectrum) for _ in range(count)]
+    phi = np.stack(slices).reshape(shape).astype("float32")
+    u, vh = jax_backend._svd_factors_by_eigh(phi, None, None)
+    expected = np.stack([reference.polar_factor(p.astype("float64")) for p in slices]).reshape(shape)
+    np.testing.assert_allclose(np.matmul(np.asarray(u), np.asarray(vh)), expected, atol=2e-6)

@@ -62,17 +62,35 @@ def times_symmetric(phi, symmetric, mode, scale=None):
 # fail to converge on a float32 slice whose singular values cluster near 1, as
 # the constraint's slices do after each step, and JAX then returns NaN (a
 # 64 x 64 slice with singular values in [0.9995, 1.016], met training a tanh
-# MLP). The QR-based algorithm (gesvd) converges on those; on GPUs the default
-# (cuSOLVER's Jacobi for small slices) is kept. A JAX without `SvdAlgorithm` keeps its default.
-_CPU_SVD = getattr(getattr(jax.lax.linalg, "SvdAlgorithm", None), "QR", None)
+# MLP). From JAX 0.5.3 the CPU takes the QR-based algorithm (gesvd), which
+# converges on those; before, a slice whose SVD came back non-finite is
+# recomputed from the eigendecomposition of its Gram. GPUs keep the default
+# (cuSOLVER's Jacobi for small slices).
+_CPU_QR = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit()) >= (0, 5, 3)
 
 
 def svd_factors(phi):
-    if _CPU_SVD is not None and jax.default_backend() == "cpu":
-        u, _, vh = jax.lax.linalg.svd(phi, full_matrices=False, algorithm=_CPU_SVD)
-    else:
+    if jax.default_backend() != "cpu":
         u, _, vh = jnp.linalg.svd(phi, full_matrices=False)
-    return u, vh
+        return u, vh
+    if _CPU_QR:
+        u, _, vh = jax.lax.linalg.svd(phi, full_matrices=False, algorithm=jax.lax.linalg.SvdAlgorithm.QR)
+        return u, vh
+    u, _, vh = jnp.linalg.svd(phi, full_matrices=False)
+    failed = ~(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(vh)))
+    return jax.lax.cond(failed, _svd_factors_by_eigh, lambda p, u, vh: (u, vh), phi, u, vh)
+
+
+def _svd_factors_by_eigh(phi, u, vh):
+    """`(U, V^T)` from `eigh` of the smaller Gram, for slices of full rank: `Phi V = U S`."""
+    del u, vh
+    wide = phi.shape[-2] < phi.shape[-1]
+    x = jnp.swapaxes(phi, -1, -2) if wide else phi
+    squares, v = jnp.linalg.eigh(jnp.matmul(jnp.swapaxes(x, -1, -2), x, precision=_PRECISION))
+    singular = jnp.sqrt(jnp.clip(squares, jnp.finfo(phi.dtype).tiny, None))
+    u = jnp.matmul(x, v, precision=_PRECISION) / singular[..., None, :]
+    vh = jnp.swapaxes(v, -1, -2)
+    return (jnp.swapaxes(vh, -1, -2), jnp.swapaxes(u, -1, -2)) if wide else (u, vh)
 
 
 def sign_of_residual(x):
