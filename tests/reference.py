@@ -148,6 +148,16 @@ def norm_penalty(w, norm, factor=1.0, slice_axis=None, mode="auto", reduction="s
     return factor * sum(norm_of(p, norm, mode, reduction) for p in slices(w, slice_axis))
 
 
+def numeric_gradient(f, w, eps=1e-6):
+    """Central differences of the float64 function `f` at `w`, entry by entry."""
+    numeric = np.zeros_like(w)
+    for index in np.ndindex(w.shape):
+        step = np.zeros_like(w)
+        step[index] = eps
+        numeric[index] = (f(w + step) - f(w - step)) / (2 * eps)
+    return numeric
+
+
 def spectral_gradient(matrix, mode="auto"):
     """d sigma_max(G) / dP = 2 s P u u^T (columns) or 2 s u u^T P (rows), from `eigh`."""
     g = residual(matrix, mode)
