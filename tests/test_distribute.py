@@ -132,7 +132,9 @@ def test_multi_worker_mirrored_strategy_on_loopback(tmp_path):
     for key in weights:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
         np.testing.assert_allclose(first[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    for key in (k for k in single.files if k.startswith(("errors_", "logs_"))):
+    records = [k for k in single.files if k.startswith(("errors_", "logs_"))]
+    assert len(records) >= 2, single.files  # the logger's errors and logs were saved
+    for key in records:
         np.testing.assert_allclose(first[key], single[key], rtol=1e-5, err_msg=key)
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     assert list(first["epochs"]) == [0, 1]
@@ -178,6 +180,8 @@ def test_mixed_precision_reduces_in_float32(policy):
     x, y = data()
     history = model.fit(x, y, epochs=2, verbose=0, callbacks=[logger])
     assert np.all(np.isfinite(history.history["loss"]))
+    regularized = [v for v in model.trainable_weights if v.regularizer is not None]
+    assert len(regularized) >= 2 and set(logger.errors) == {v.path for v in regularized}
     for v in model.trainable_weights:
         assert v.dtype == "float32" and np.all(np.isfinite(v.numpy())), v.path
         if v.regularizer is None:

@@ -131,6 +131,7 @@ def test_each_epoch_moves_the_kernel_by_the_scaled_analytic_gradient(compile_kwa
     steps_per_epoch = 2  # 4 zero samples in batches of 2
     model.fit(*zeros(), batch_size=2, epochs=4, verbose=0, callbacks=[schedule, kernels])
 
+    assert len(kernels.begin) == len(kernels.end) == 4
     for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end, strict=True)):
         scale = schedule.scale_at(epoch)
         expected = begin.astype(np.float64)
@@ -150,6 +151,7 @@ def test_the_scale_acts_under_mirrored_strategy(mirrored):
         model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     kernels = KernelsPerEpoch(layer)
     model.fit(*zeros(), batch_size=4, epochs=4, verbose=0, callbacks=[keras_ortho.OrthoSchedule(SCHEDULE), kernels])
+    assert len(kernels.begin) == len(kernels.end) == 4
     for epoch, (begin, end) in enumerate(zip(kernels.begin, kernels.end, strict=True)):
         scale = keras_ortho.OrthoSchedule(SCHEDULE).scale_at(epoch)
         expected = begin - LR * reference.gradient(begin, FACTOR * scale)
@@ -630,5 +632,7 @@ def test_resume_with_backup_and_restore_continues_the_scale_trajectory(tmp_path,
     resumed = np.load(tmp_path / "resumed.npz")
     assert len(set(uninterrupted["scales"])) == 6  # the scale changed every epoch
     np.testing.assert_array_equal(resumed["scales"], uninterrupted["scales"][3:])
-    for key in (k for k in uninterrupted.files if k.startswith("weight_")):
+    weights = [k for k in uninterrupted.files if k.startswith("weight_")]
+    assert len(weights) >= 2, uninterrupted.files
+    for key in weights:
         np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
