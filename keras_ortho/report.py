@@ -46,10 +46,9 @@ def check_model_file(path):
 
 
 def load_model(path):
-    """Loads a `.keras` or `.h5` model for inspection (not compiled)."""
+    """Loads a `.keras` or `.h5` model, which `check_model_file` has passed, for inspection (not compiled)."""
     import keras
 
-    check_model_file(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for bad files; report any in one line
@@ -125,11 +124,16 @@ def measure(model, include_all=False, worst=3):
     return entries
 
 
+def measures_of(entries):
+    """`{norm: what it measures}` of the measured kernels, in their order."""
+    return {e["norm"]: e["measure"] for e in entries}
+
+
 def format_table(model_path, entries):
     """A plain-text table, one row per kernel."""
     if not entries:
         return f"{model_path}: no kernel is regularized by OrthoRegularizer (use --all to measure every kernel)\n"
-    norms = list(dict.fromkeys(e["norm"] for e in entries))
+    norms = measures_of(entries)
     headers = ["kernel", "shape", "slices", "Gram", "min", "median", "max", "worst slices"]
     rows = [
         [
@@ -152,7 +156,7 @@ def format_table(model_path, entries):
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in [headers, ["-" * w for w in widths]] + rows
     ]
-    measures = ", ".join(f"{e['measure']} ({e['norm']})" for e in {e["norm"]: e for e in entries}.values())
+    measures = ", ".join(f"{measure} ({norm})" for norm, measure in norms.items())
     if len(norms) == 1:
         head = f"error of a slice = {measures}"
     else:
@@ -201,11 +205,12 @@ def run_report(args, out=None):
             raise ReportError("nothing to plot: no kernel measured")
         from keras_ortho.plotting import plot_errors
 
+        norms = measures_of(entries)
         plot_errors(
             {e["path"]: np.array([e["errors"]]) for e in entries},
             path=args.plot,
             title=f"{os.path.basename(args.model)}: errors of each slice, as saved",
-            measure=entries[0]["measure"] if len({e["norm"] for e in entries}) == 1 else "error (each kernel's norm)",
+            measure=next(iter(norms.values())) if len(norms) == 1 else "error (each kernel's norm)",
         )
         if not args.json:
             out.write(f"plot written to {args.plot}\n")

@@ -78,12 +78,11 @@ def svd_factors(phi):
         return u, vh
     u, _, vh = jnp.linalg.svd(phi, full_matrices=False)
     failed = ~(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(vh)))
-    return jax.lax.cond(failed, _svd_factors_by_eigh, lambda p, u, vh: (u, vh), phi, u, vh)
+    return jax.lax.cond(failed, lambda: _svd_factors_by_eigh(phi), lambda: (u, vh))
 
 
-def _svd_factors_by_eigh(phi, u, vh):
+def _svd_factors_by_eigh(phi):
     """`(U, V^T)` from `eigh` of the smaller Gram, for slices of full rank: `Phi V = U S`."""
-    del u, vh
     wide = phi.shape[-2] < phi.shape[-1]
     x = jnp.swapaxes(phi, -1, -2) if wide else phi
     squares, v = jnp.linalg.eigh(jnp.matmul(jnp.swapaxes(x, -1, -2), x, precision=_PRECISION))
