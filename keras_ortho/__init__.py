@@ -6,6 +6,7 @@ The package, room by room. What users call:
     regularizer.py   OrthoRegularizer, the Keras adapter of the penalty
     constraint.py    OrthoConstraint, the Keras adapter of the projection
     ops.py           slice_errors, ortho_penalty, ortho_gradient (as keras.ops)
+    conv.py          conv_singular_values: each convolution's operator, by its singular values
     models.py        regularize, constrain: keras_ortho on a model that exists
     logger.py        OrthoLogger;  schedule.py, target.py: OrthoSchedule, OrthoTarget
     plotting.py      plot_errors;  report.py, _command.py: the `keras-ortho` command
@@ -13,6 +14,7 @@ Beneath them:
     _math.py         the five norms, their gradients and the polar factor, in keras.ops
     _backend/        per backend: Gram, custom gradient, compiled measuring
     _slicing.py      how a weight becomes a stack of matrices (a plan)
+    _conv.py         a convolution kernel as its operator: polyphase plan, offsets, singular values
     _rules.py        which matrices each Keras layer's weights hold
     _binding.py      each weight's rule recorded, its regularizer bound
     _watch.py        which weights to measure, and one compiled probe
@@ -33,6 +35,7 @@ __all__ = [
     "OrthoSchedule",
     "OrthoTarget",
     "constrain",
+    "conv_singular_values",
     "ortho_gradient",
     "ortho_penalty",
     "plot_errors",
@@ -44,6 +47,7 @@ __all__ = [
 if not running_as_command():
     import_keras()
     from keras_ortho.constraint import OrthoConstraint
+    from keras_ortho.conv import conv_singular_values
     from keras_ortho.logger import OrthoLogger
     from keras_ortho.models import constrain, regularize
     from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
@@ -54,7 +58,7 @@ if not running_as_command():
 else:
     # The `keras-ortho` command parses its arguments and checks its file
     # before Keras loads (seconds, with TensorFlow): the names load on first use.
-    _PUBLIC_MODULES = ("constraint", "logger", "models", "ops", "plotting", "regularizer", "schedule", "target")
+    _PUBLIC_MODULES = ("constraint", "conv", "logger", "models", "ops", "plotting", "regularizer", "schedule", "target")
 
     def __getattr__(name):
         if name not in __all__:

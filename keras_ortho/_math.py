@@ -54,14 +54,26 @@ differentiates through it nor builds it twice.
 `"l1"` and `"fro"` by `k * k`, the Gram's size; `"double"` each side by its own
 size. `"spectral"` and `"coherence"` measure one entry and take no reduction.
 
+**A convolution as an operator** (`_conv`): where the math takes a `mode`,
+an `OperatorLayout(grid, block)` instead makes each slice `X` a polyphase
+kernel, `rows x prod(grid) * block`, whose operator's Gram has the blocks
+`M_delta = sum_{p - p' = delta} X_p^T X_p'`. "l1" and "fro" measure the
+stacked `M_delta - [delta = 0] I` as they measure `G_i`, and their gradients
+are `2 X S` and `4 X S`, `S` the signs (the residuals) laid back on the block
+diagonals of `X^T X` (`_OperatorNorm`). "mean" divides by the block row's
+`num_offsets * block^2` entries.
+
 Written once in `keras.ops` over the backend's Gram, `minus_identity` and
 symmetric product (`_backend`).
 """
+
+import math
 
 import numpy as np
 from keras import ops
 
 from keras_ortho import _backend
+from keras_ortho._conv import OperatorLayout, num_offsets, offset_sums
 from keras_ortho._slicing import auto_mode
 
 NORMS = ("l1", "fro", "double", "spectral", "coherence")
@@ -75,6 +87,8 @@ MEASURES = {
 }
 # The norms that sum over the Gram's entries, so that "mean" can average them.
 SUMMING_NORMS = ("l1", "fro", "double")
+# The norms of a convolution's operator (`operator=True`).
+OPERATOR_NORMS = ("l1", "fro")
 POWER_ITERATIONS = 32
 _GOLDEN_ANGLE = 2.399963229728653  # pi (3 - sqrt(5))
 _TINY = float(np.finfo(np.float32).tiny)
@@ -95,8 +109,15 @@ def gram_residual(phi, mode):
 
 
 def slice_values(phi, mode, norm="l1"):
-    """Each slice's measure under `norm`, unscaled: `(m, rows, cols) -> (m,)`, `(rows, cols) -> ()`."""
-    return _NORMS[norm].values(phi, mode)
+    """Each slice's measure under `norm`, unscaled: `(m, rows, cols) -> (m,)`, `(rows, cols) -> ()`.
+
+    `mode` is "columns", "rows", or an `OperatorLayout` (a convolution's operator).
+    """
+    return _norm(norm, mode).values(phi, mode)
+
+
+def _norm(norm, mode):
+    return _OPERATOR_NORMS[norm] if isinstance(mode, OperatorLayout) else _NORMS[norm]
 
 
 def stack_penalty(phi, mode, norm="l1", reduction="sum", factor=1.0):
@@ -134,12 +155,12 @@ def penalty_gradient(phi, mode, norm="l1", reduction="sum", scale=1.0):
 
 def _forward(phi, options):
     mode, norm, reduction, factor = options
-    return _NORMS[norm].forward(phi, mode, reduction, factor)
+    return _norm(norm, mode).forward(phi, mode, reduction, factor)
 
 
 def _backward(phi, saved, options, upstream):
     mode, norm, reduction, factor = options
-    return _NORMS[norm].backward(phi, saved, mode, reduction, _times_factor(upstream, factor))
+    return _norm(norm, mode).backward(phi, saved, mode, reduction, _times_factor(upstream, factor))
 
 
 def _times_factor(x, factor):
@@ -328,6 +349,75 @@ def _times_low_rank(phi, left, right, mode):
 
 
 _NORMS = {"l1": _L1, "fro": _Frobenius, "double": _Double, "spectral": _Spectral, "coherence": _Coherence}
+
+
+class _OperatorNorm:
+    """An entrywise norm of a convolution's operator Gram, `sum_delta sum_jk f(M_delta - [delta = 0] I)_jk`.
+
+    `X` is `(m, rows, P * block)`, `P = prod(grid)` kernel positions. The
+    Gram `H = X^T X` holds `X_p^T X_p'` in block `(p, p')`; `T` (`offset_sums`)
+    sums its blocks along each block diagonal into `M_delta`, and `T^T` lays
+    `f'(M - I)` back on them: a symmetric `S`, and the gradient is
+    `slope X S`, as the matrix norms' `slope Phi f'(G)`. A 1x1 kernel
+    (`P = 1`) is a matrix, and the sums are skipped.
+    """
+
+    def __init__(self, entrywise):
+        self.entrywise = entrywise
+
+    @staticmethod
+    def _constant(array, like):
+        return ops.convert_to_tensor(array, dtype=like.dtype)
+
+    @classmethod
+    def _residual(cls, phi, layout):
+        """`(m, offsets, block, block)`: each `M_delta`, minus `I` at the zero offset."""
+        backend = _backend.current()
+        slices, block, positions = phi.shape[0], layout.block, math.prod(layout.grid)
+        gram = backend.gram(phi, "columns")
+        if positions == 1:
+            return backend.minus_identity(backend.reshape(gram, (slices, 1, block, block)))
+        pairs = backend.reshape(gram, (slices, positions, block, positions, block))
+        pairs = backend.reshape(backend.transpose(pairs, (0, 1, 3, 2, 4)), (slices, positions**2, block**2))
+        sums = backend.matmul(cls._constant(offset_sums(layout.grid), phi), pairs)
+        offsets = num_offsets(layout.grid)
+        identity = np.zeros((offsets, block, block))
+        identity[offsets // 2] = np.eye(block)
+        return backend.reshape(sums, (slices, offsets, block, block)) - cls._constant(identity, phi)
+
+    @classmethod
+    def _laid_back(cls, direction, layout):
+        """`S`, `(m, P * block, P * block)`: block `(p, p')` is `direction[delta = p - p']`."""
+        backend = _backend.current()
+        slices, offsets, block = direction.shape[0], direction.shape[1], layout.block
+        positions = math.prod(layout.grid)
+        if positions == 1:
+            return backend.reshape(direction, (slices, block, block))
+        flat = backend.reshape(direction, (slices, offsets, block**2))
+        pairs = backend.matmul(cls._constant(offset_sums(layout.grid).T, direction), flat)
+        pairs = backend.reshape(pairs, (slices, positions, positions, block, block))
+        return backend.reshape(
+            backend.transpose(pairs, (0, 1, 3, 2, 4)), (slices, positions * block, positions * block)
+        )
+
+    @staticmethod
+    def _entries(layout, reduction):
+        return 1.0 if reduction == "sum" else 1.0 / (num_offsets(layout.grid) * layout.block**2)
+
+    def values(self, phi, layout):
+        return ops.sum(self.entrywise.measure(self._residual(phi, layout)), axis=(1, 2, 3))
+
+    def forward(self, phi, layout, reduction, factor):
+        residual = self._residual(phi, layout)
+        value = _times_factor(self.entrywise.total(residual), factor * self._entries(layout, reduction))
+        return value, self.entrywise.direction(residual)
+
+    def backward(self, phi, direction, layout, reduction, scale):
+        scale = self.entrywise.slope * self._entries(layout, reduction) * scale
+        return _times(phi, self._laid_back(direction, layout), "columns", scale)
+
+
+_OPERATOR_NORMS = {"l1": _OperatorNorm(_L1), "fro": _OperatorNorm(_Frobenius)}
 
 
 # --- The hard constraint: the nearest matrix with orthonormal columns (rows) ---

@@ -15,6 +15,7 @@ import re
 import keras
 
 from keras_ortho import _keras_compat
+from keras_ortho._conv import ConvGeometry
 from keras_ortho._slicing import along, default_rule, one_matrix, per_group
 
 L = keras.layers
@@ -56,8 +57,40 @@ def einsum_rule(equation, shape):
     return along(others[0], "per head")
 
 
+_CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+
+
+def conv_geometry(layer, role):
+    """The `ConvGeometry` of a convolution's kernel (`role` its attribute), None for any other weight.
+
+    A separable convolution's depthwise kernel carries its strides; its
+    pointwise kernel is a 1x1 convolution of stride 1.
+    """
+    if isinstance(layer, _SEPARABLE):
+        if role == "pointwise_kernel":
+            return ConvGeometry((1,) * len(layer.strides))
+        return ConvGeometry(tuple(layer.strides), per_channel=True)
+    if _is_depthwise(layer):
+        return ConvGeometry(tuple(layer.strides), per_channel=True)
+    if isinstance(layer, _TRANSPOSED):
+        return ConvGeometry(tuple(layer.strides), transposed=True)
+    if isinstance(layer, _CONVOLUTIONS) and role in ("kernel", "_kernel"):
+        return ConvGeometry(tuple(layer.strides), groups=layer.groups)
+    return None
+
+
 def rule_for(layer, variable):
     """The `Rule` of `variable`, a weight of `layer`'s own; None for no rule of ours."""
+    rule = _matrices_rule(layer, variable)
+    if rule is None:
+        return None
+    geometry = conv_geometry(layer, kernel_attribute(layer, variable)[0])
+    return rule if geometry is None else rule._replace(conv=geometry)
+
+
+def _matrices_rule(layer, variable):
     shape = tuple(variable.shape)
     if len(shape) < 2:
         return None

@@ -32,12 +32,15 @@ class Rule(NamedTuple):
 
     `view` None keeps the weight's shape; `slice_axis` None makes the whole
     view one matrix `(prod(view[:-1]), view[-1])`. `name` says it in words,
-    for messages and the slicing table (docs/slicing.md).
+    for messages and the slicing table (docs/slicing.md). `conv` is the
+    `_conv.ConvGeometry` of a convolution kernel (strides, groups), for the
+    regularizer's `operator=True`; None for any other weight.
     """
 
     view: tuple[int, ...] | None
     slice_axis: int | None
     name: str
+    conv: object = None
 
 
 def default_rule(shape):

@@ -8,7 +8,7 @@ import math
 import numbers
 import os
 
-from keras_ortho._math import NORMS, SUMMING_NORMS
+from keras_ortho._math import NORMS, OPERATOR_NORMS, SUMMING_NORMS
 from keras_ortho._slicing import MODES
 
 
@@ -77,6 +77,22 @@ def check_norm(norm, reduction="sum"):
             f'reduction="sum". Received: reduction={reduction!r}, norm={norm!r}'
         )
     return norm
+
+
+def check_operator(operator, norm, slice_axis):
+    """`operator` must be a bool; with True, `norm` one of `OPERATOR_NORMS` and `slice_axis` None."""
+    check_bool("operator", operator)
+    if operator and norm not in OPERATOR_NORMS:
+        raise ValueError(
+            f"Argument `norm`: a convolution's operator is measured by {OPERATOR_NORMS}. "
+            f"Received: norm={norm!r} with operator=True"
+        )
+    if operator and slice_axis is not None:
+        raise ValueError(
+            "Argument `slice_axis`: operator=True reads each convolution kernel by its layer "
+            f"(strides, groups), and takes slice_axis=None. Received: slice_axis={slice_axis!r}"
+        )
+    return operator
 
 
 def check_positive_int(name, value, allow_none=False):

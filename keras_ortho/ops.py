@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from keras_ortho import _backend, _binding, _math, _validation
+from keras_ortho._conv import OperatorLayout, OperatorPlan, plan_operator
 from keras_ortho._slicing import plan_slices
 
 __all__ = ["ortho_gradient", "ortho_penalty", "slice_errors"]
@@ -29,14 +30,19 @@ def keras_path(w):
     return w.path if isinstance(w, keras.Variable) else None
 
 
-def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None):
+def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None, operator=False):
     """Checks a weight's shape and dtype against the options; returns its `SlicePlan`.
+
+    With `operator`, a convolution kernel (its rule has a `conv` geometry) is
+    planned as its operator instead (`_conv.OperatorPlan`); any other weight
+    keeps its matrices.
 
     Args:
         shape: the weight's shape, as the backend gives it.
         dtype: its dtype, in any form `keras.backend.standardize_dtype` takes.
         slice_axis, mode: already checked by `_validation`.
         rule: the `Rule` of the weight's layer, when known.
+        operator: whether to plan a convolution kernel as its operator.
 
     Raises:
         TypeError: for a weight that is not floating point.
@@ -52,14 +58,23 @@ def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None):
         dims = None
     if dims is None or any(d is None for d in dims):
         raise ValueError(f"keras_ortho needs a weight with a static shape. Received: w.shape={shape}")
-    return _planned(tuple(int(d) for d in dims), slice_axis, mode, rule)
+    return _planned(tuple(int(d) for d in dims), slice_axis, mode, rule, operator)
 
 
 # A regularizer plans the same few shapes at every step: on eager PyTorch,
 # where each step runs this Python again, planning anew cost about as much as
 # a small kernel's Gram. A plan is an immutable tuple, shared safely; a shape
 # that cannot be planned raises each time (nothing is cached for it).
-_planned = functools.lru_cache(maxsize=4096)(plan_slices)
+@functools.lru_cache(maxsize=4096)
+def _planned(shape, slice_axis, mode, rule, operator):
+    if operator and rule is not None and rule.conv is not None:
+        return plan_operator(shape, rule.conv, mode)
+    return plan_slices(shape, slice_axis, mode, rule)
+
+
+def layout(plan):
+    """What the math in `_math` takes for a plan's slices: their mode, or a convolution's `OperatorLayout`."""
+    return OperatorLayout(plan.grid, plan.block) if isinstance(plan, OperatorPlan) else plan.mode
 
 
 def compute_dtype(dtype):
@@ -68,8 +83,8 @@ def compute_dtype(dtype):
     return "float32" if dtype in ("float16", "bfloat16") else dtype
 
 
-def prepare(w, slice_axis, mode, rule=None, weight=None):
-    """Checks `w` and the options; returns `(tensor, plan)`.
+def prepare(w, slice_axis, mode, rule=None, weight=None, operator=False):
+    """Checks `w` and the options; returns `(tensor, plan)` (`operator`: see `plan_weight`).
 
     `rule` is the layer rule of the weight, and `weight` the Keras variable `w`
     stands for (for errors that name it); both default to what a Keras
@@ -82,7 +97,7 @@ def prepare(w, slice_axis, mode, rule=None, weight=None):
         rule = _binding.known_rule(weight)
     tensor = _backend.current().to_tensor(w)
     try:
-        return tensor, plan_weight(tensor.shape, tensor.dtype, slice_axis, mode, rule)
+        return tensor, plan_weight(tensor.shape, tensor.dtype, slice_axis, mode, rule, operator)
     except (TypeError, ValueError) as error:
         if weight is None:
             raise
@@ -98,6 +113,8 @@ def to_stack(tensor, plan):
     math takes either.
     """
     tensor = _cast(tensor, compute_dtype(tensor.dtype))
+    if isinstance(plan, OperatorPlan):
+        return _to_operator_stack(tensor, plan)
     shape = (plan.rows, plan.cols) if plan.num_slices == 1 else (plan.num_slices, plan.rows, plan.cols)
     if plan.perm is None:
         return _reshape(tensor, shape)
@@ -125,8 +142,31 @@ def _cast(tensor, dtype):
     return ops.cast(tensor, dtype)
 
 
+def _to_operator_stack(tensor, plan):
+    """`(groups, rows, cols)` of a convolution kernel: padded to whole strides, then reshaped and transposed."""
+    backend = _backend.current()
+    if any(plan.pad):
+        tensor = ops.pad(tensor, [(0, p) for p in plan.pad] + [(0, 0), (0, 0)])
+    moved = backend.transpose(backend.reshape(tensor, plan.view), plan.perm)
+    return backend.reshape(moved, (plan.num_slices, plan.rows, plan.cols))
+
+
+def _from_operator_stack(stack, plan):
+    """Inverse of `_to_operator_stack` on the kernel's own entries (the padding's are dropped)."""
+    backend = _backend.current()
+    moved = backend.reshape(stack, [plan.view[i] for i in plan.perm])
+    inverse = sorted(range(len(plan.perm)), key=plan.perm.__getitem__)
+    padded = [k + p for k, p in zip(plan.shape[:-2], plan.pad, strict=True)] + list(plan.shape[-2:])
+    out = backend.reshape(backend.transpose(moved, inverse), padded)
+    if any(plan.pad):
+        out = out[tuple(slice(0, k) for k in plan.shape)]
+    return out
+
+
 def from_stack(stack, plan, dtype):
     """Inverse of `to_stack`: the stack -> the weight's shape and dtype."""
+    if isinstance(plan, OperatorPlan):
+        return _cast(_from_operator_stack(stack, plan), dtype)
     if plan.perm is None:
         out = _reshape(stack, plan.shape)
     else:
@@ -138,19 +178,19 @@ def from_stack(stack, plan, dtype):
 
 def errors_of(tensor, plan, norm="l1"):
     """`slice_errors` of a tensor already planned."""
-    return ops.reshape(_math.slice_values(to_stack(tensor, plan), plan.mode, norm), (plan.num_slices,))
+    return ops.reshape(_math.slice_values(to_stack(tensor, plan), layout(plan), norm), (plan.num_slices,))
 
 
 def penalty_of(tensor, plan, factor, reduction="sum", norm="l1"):
     """`ortho_penalty` of a tensor already planned, with the analytic gradient."""
-    value = _math.stack_penalty(to_stack(tensor, plan), plan.mode, norm, reduction, factor)
+    value = _math.stack_penalty(to_stack(tensor, plan), layout(plan), norm, reduction, factor)
     return _cast(value, tensor.dtype)
 
 
 def gradient_of(tensor, plan, scale, reduction="sum", norm="l1"):
     """`ortho_gradient` of a tensor already planned, `scale` times the unit-factor gradient, in its layout."""
     stack = to_stack(tensor, plan)
-    return from_stack(_math.penalty_gradient(stack, plan.mode, norm, reduction, scale), plan, tensor.dtype)
+    return from_stack(_math.penalty_gradient(stack, layout(plan), norm, reduction, scale), plan, tensor.dtype)
 
 
 def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
@@ -171,7 +211,7 @@ def lazy_penalty_of(tensor, plan, factor, scale, reduction="sum", norm="l1"):
 
 def _lazy_value(tensor, scale, options):
     plan, factor, reduction, norm = options
-    value = _math.stack_value(to_stack(tensor, plan), plan.mode, norm, reduction)
+    value = _math.stack_value(to_stack(tensor, plan), layout(plan), norm, reduction)
     return _cast(factor * scale * value, tensor.dtype)
 
 
@@ -196,7 +236,9 @@ def project(tensor, plan, method="svd", iterations=None):
 # --- Public functions ---------------------------------------------------------
 
 
-def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", norm: str = "l1") -> Tensor:
+def slice_errors(
+    w: Tensor, slice_axis: int | None = None, mode: str = "auto", norm: str = "l1", operator: bool = False
+) -> Tensor:
     """Distance from orthonormal of each slice under `norm`, unscaled.
 
     For the default `norm="l1"`, `sum_jk |G_i|_jk`; see `ortho_penalty` for
@@ -210,6 +252,10 @@ def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", n
         slice_axis: None for the default slicing, or the axis to slice along.
         mode: "auto", "columns" or "rows".
         norm: "l1", "fro", "double", "spectral" or "coherence".
+        operator: for a convolution's kernel (a Keras variable whose layer is
+            known), the distance of its operator from orthogonal, one value
+            per group, as `OrthoRegularizer(operator=True)` measures it; any
+            other weight keeps its matrices.
 
     Returns:
         Tensor: a 1-D backend tensor of length `num_slices`, in float32 for
@@ -227,7 +273,8 @@ def slice_errors(w: Tensor, slice_axis: int | None = None, mode: str = "auto", n
         [0.0, 6.0]
     """
     norm = _validation.check_norm(norm)
-    return errors_of(*prepare(w, slice_axis, mode), norm)
+    operator = _validation.check_operator(operator, norm, slice_axis)
+    return errors_of(*prepare(w, slice_axis, mode, operator=operator), norm)
 
 
 def ortho_penalty(
@@ -237,6 +284,7 @@ def ortho_penalty(
     mode: str = "auto",
     reduction: str = "sum",
     norm: str = "l1",
+    operator: bool = False,
 ) -> Tensor:
     """`factor * sum_i |G_i|`, differentiable with the analytic gradient.
 
@@ -269,6 +317,8 @@ def ortho_penalty(
             divided by its Gram's `k * k` entries (for "double", each side by
             its own); only for "l1", "fro" and "double".
         norm: "l1", "fro", "double", "spectral" or "coherence".
+        operator: for a convolution's kernel, the penalty of its operator
+            (as `OrthoRegularizer(operator=True)`; docs/operator.md).
 
     Returns:
         A scalar tensor in `w`'s dtype (reduced in float32 for 16-bit weights).
@@ -289,7 +339,8 @@ def ortho_penalty(
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
     norm = _validation.check_norm(norm, reduction)
-    tensor, plan = prepare(w, slice_axis, mode)
+    operator = _validation.check_operator(operator, norm, slice_axis)
+    tensor, plan = prepare(w, slice_axis, mode, operator=operator)
     return penalty_of(tensor, plan, factor, reduction, norm)
 
 
@@ -300,6 +351,7 @@ def ortho_gradient(
     mode: str = "auto",
     reduction: str = "sum",
     norm: str = "l1",
+    operator: bool = False,
 ) -> Tensor:
     """The closed-form gradient of `ortho_penalty`, without autodiff.
 
@@ -315,6 +367,7 @@ def ortho_gradient(
         mode: as for `ortho_penalty`.
         reduction: as for `ortho_penalty`.
         norm: as for `ortho_penalty`.
+        operator: as for `ortho_penalty`.
 
     Returns:
         A tensor of `w`'s shape and dtype.
@@ -335,4 +388,5 @@ def ortho_gradient(
     factor = _validation.check_factor(factor)
     reduction = _validation.check_reduction(reduction)
     norm = _validation.check_norm(norm, reduction)
-    return gradient_of(*prepare(w, slice_axis, mode), factor, reduction, norm)
+    operator = _validation.check_operator(operator, norm, slice_axis)
+    return gradient_of(*prepare(w, slice_axis, mode, operator=operator), factor, reduction, norm)

@@ -1,10 +1,12 @@
 """`OrthoRegularizer`: the Keras adapter for `ortho_penalty`."""
 
+import warnings
+
 import keras
 
 from keras_ortho import _binding, _keras_compat, _validation, ops
 
-_CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm")
+_CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm", "operator")
 
 
 @keras.saving.register_keras_serializable(package="keras_ortho")
@@ -44,6 +46,18 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             (largest |eigenvalue| of `G_i`, SRIP) or "coherence" (largest
             `|G_i|_jk`). `slice_errors` and `OrthoLogger` measure each slice
             by the same norm. Configs saved without it load as "l1".
+        operator: False (default) regularizes each convolution kernel's
+            matrix of filters. True regularizes the operator the convolution
+            applies to an image, with its strides and groups:
+            `factor * sum_delta |M_delta - [delta = 0] I|`, `M_delta` the
+            kernel correlated with itself at offset `delta` (the operator's
+            Gram, block by block; docs/operator.md), with the gradient in
+            closed form. `mode` then speaks of the operator's rows or columns,
+            "auto" taking the side that can be orthonormal. Only with
+            `norm="l1"` or `"fro"` and `slice_axis=None`. Every weight that is
+            not a convolution kernel (Dense, attention, recurrent) keeps its
+            matrices: a Dense kernel is a 1x1 convolution, whose operator's
+            Gram is its own. Configs saved without it load as False.
 
     Raises:
         ValueError: for an argument out of its range or choices, naming it and the value received.
@@ -61,6 +75,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         0.9
         >>> dense = keras.layers.Dense(16, kernel_regularizer=ortho)
         >>> attention = keras.layers.MultiHeadAttention(num_heads=8, key_dim=64, kernel_regularizer=ortho)  # per head
+        >>> conv = keras.layers.Conv2D(64, 3, strides=2, kernel_regularizer=keras_ortho.OrthoRegularizer(operator=True))
     """
 
     def __init__(
@@ -70,12 +85,14 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         mode: str = "auto",
         reduction: str = "sum",
         norm: str = "l1",
+        operator: bool = False,
     ):
         self.factor = _validation.check_factor(factor)
         self.slice_axis = _validation.check_slice_axis(slice_axis)
         self.mode = _validation.check_mode(mode)
         self.reduction = _validation.check_reduction(reduction)
         self.norm = _validation.check_norm(norm, self.reduction)
+        self.operator = _validation.check_operator(operator, self.norm, self.slice_axis)
         self._warned_shapes = set()
         self._bound = _binding.BoundWeights()  # the weights keras_ortho has met carrying it
         # The `_scale.ScaleBinding` of an OrthoSchedule/OrthoTarget while its fit
@@ -90,7 +107,9 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         if known is None and not isinstance(x, keras.Variable):
             self._refuse_activations(x)
         variable, rule = known if known is not None else _binding.look_up_weight(x, self, "regularizer")
-        tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable)
+        tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable, operator=self.operator)
+        if getattr(plan, "impossible", None) is not None:
+            self._warn_impossible(plan, variable)
         if binding is None:
             return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         scale = binding.variable
@@ -98,6 +117,19 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             return ops.lazy_penalty_of(tensor, plan, self.factor, scale, self.reduction, self.norm)
         penalty = ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         return penalty * keras.ops.cast(scale, penalty.dtype)
+
+    def _warn_impossible(self, plan, variable):
+        key = ("operator", plan.shape, plan.mode)
+        if key not in self._warned_shapes:
+            self._warned_shapes.add(key)
+            where = _binding.describe(variable) if variable is not None else f"a kernel of shape {plan.shape}"
+            warnings.warn(
+                f"OrthoRegularizer(operator=True) on {where}: no convolution of this shape is "
+                f"orthogonal ({plan.impossible}; Achour et al. 2022). The penalty is still "
+                "minimized, towards the nearest it can reach; see docs/operator.md.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _refuse_activations(self, x):
         layer = _keras_compat.activity_layer(self)
@@ -117,6 +149,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             "mode": self.mode,
             "reduction": self.reduction,
             "norm": self.norm,
+            "operator": self.operator,
         }
 
     @classmethod

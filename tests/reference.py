@@ -179,3 +179,54 @@ def polar_factor(matrix):
     """The nearest matrix with orthonormal columns (rows, if wide): `U V^T` of the SVD."""
     u, _, vt = np.linalg.svd(matrix, full_matrices=False)
     return u @ vt
+
+
+def conv_matrix(kernel, strides, input_size, groups=1, per_channel=False, padding="circular"):
+    """The matrix of a convolution, from its definition `y[p, o] = sum_{d, c} x[s p + d, c] K[d, c, o]`.
+
+    `kernel` is `(*spatial, cin / groups, cout)`, or `(*spatial, channels, multiplier)`
+    with `per_channel` (input channel `c` feeds outputs `c * multiplier + m`).
+    Inputs and outputs are flattened position-major, channel-minor. "circular"
+    wraps `s p + d` around an image of `input_size`; "valid" keeps the outputs
+    whose taps all fall inside it (Keras's "valid", and the interior of "same").
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    spatial, strides, sizes = kernel.shape[:-2], tuple(strides), tuple(input_size)
+    if per_channel:
+        channels, multiplier = kernel.shape[-2:]
+        cin, cout = channels, channels * multiplier
+    else:
+        cin, cout = kernel.shape[-2] * groups, kernel.shape[-1]
+    if padding == "circular":
+        outputs = [n // s for n, s in zip(sizes, strides, strict=True)]
+    else:
+        outputs = [(n - k) // s + 1 for n, k, s in zip(sizes, spatial, strides, strict=True)]
+    matrix = np.zeros((int(np.prod(outputs)) * cout, int(np.prod(sizes)) * cin))
+    for p_index, p in enumerate(np.ndindex(*outputs)):
+        for d in np.ndindex(*spatial):
+            q = tuple((s * a + b) % n for s, a, b, n in zip(strides, p, d, sizes, strict=True))
+            q_index = np.ravel_multi_index(q, sizes)
+            tap = kernel[d]
+            if per_channel:
+                for c in range(channels):
+                    for m in range(multiplier):
+                        matrix[p_index * cout + c * multiplier + m, q_index * cin + c] += tap[c, m]
+                continue
+            cin_g, cout_g = cin // groups, cout // groups
+            for j in range(groups):
+                block = tap[:, j * cout_g : (j + 1) * cout_g].T  # (cout_g, cin_g)
+                rows = slice(p_index * cout + j * cout_g, p_index * cout + (j + 1) * cout_g)
+                cols = slice(q_index * cin + j * cin_g, q_index * cin + (j + 1) * cin_g)
+                matrix[rows, cols] += block
+    return matrix
+
+
+def entrywise(residual, norm):
+    """`sum |R|` ("l1") or `sum R^2` ("fro") over every entry."""
+    return np.abs(residual).sum() if norm == "l1" else np.square(residual).sum()
+
+
+def side_gram_residual(matrix, mode):
+    """`A A^T - I` ("rows") or `A^T A - I` ("columns"), whole."""
+    gram = matrix @ matrix.T if mode == "rows" else matrix.T @ matrix
+    return gram - np.eye(len(gram))
