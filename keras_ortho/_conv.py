@@ -143,8 +143,11 @@ def plan_operator(shape, geometry, mode="auto"):
     elif geometry.transposed:
         mode = "columns" if mode == "rows" else "rows"  # the layer is A^T
 
-    pad = tuple(g * s - k for g, s, k in zip(grid, strides, spatial, strict=True))
-    view = sum(((g, s) for g, s in zip(grid, strides, strict=True)), ()) + (cin, groups, cout)
+    # In rows mode an axis whose kernel is shorter than its stride keeps only the phases its taps
+    # fill: the others are rows of zeros, which change no block of A A^T.
+    kept = tuple(k if mode == "rows" and k < s else s for k, s in zip(spatial, strides, strict=True))
+    pad = tuple(g * s - k for g, s, k in zip(grid, kept, spatial, strict=True))
+    view = sum(((g, s) for g, s in zip(grid, kept, strict=True)), ()) + (cin, groups, cout)
     polyphase, phase, channel_in, group, channel_out = (
         tuple(range(0, 2 * dims, 2)),
         tuple(range(1, 2 * dims, 2)),
@@ -154,7 +157,7 @@ def plan_operator(shape, geometry, mode="auto"):
     )
     if mode == "rows":  # X_p = K'[p]: rows (phase, cin), block cout
         perm = (group, *phase, channel_in, *polyphase, channel_out)
-        rows, block = phases * cin, cout
+        rows, block = math.prod(kept) * cin, cout
     else:  # X_p = K'[p]^T: rows cout, block (phase, cin)
         perm = (group, channel_out, *polyphase, *phase, channel_in)
         rows, block = cout, phases * cin
@@ -240,4 +243,9 @@ def singular_values(kernel, geometry, input_size):
         transform = np.moveaxis(np.tensordot(transform, phase, axes=([2 + axis], [1])), -1, 2 + axis)
     # After the loop the frequency axes sit where the positions were, in order.
     blocks = np.moveaxis(transform, 1, -2).reshape(-1, plan.rows, plan.block)
-    return np.sort(np.linalg.svd(blocks, compute_uv=False).ravel())[::-1]
+    values = np.linalg.svd(blocks, compute_uv=False)
+    # Phases no tap reads (a kernel shorter than its stride) were left out of the rows: they add zeros.
+    cin = 1 if geometry.per_channel else kernel.shape[-2]
+    unread = min(cin * math.prod(geometry.strides), plan.block) - min(plan.rows, plan.block)
+    values = np.concatenate([values, np.zeros((len(values), unread))], axis=1) if unread > 0 else values
+    return np.sort(values.ravel())[::-1]

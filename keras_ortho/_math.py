@@ -85,6 +85,8 @@ MEASURES = {
     "spectral": "|lambda|_max(G_i)",
     "coherence": "max |G_i|",
 }
+# What each norm measures of a convolution's operator (one group's `M_delta` at every offset).
+OPERATOR_MEASURES = {"l1": "sum |M_delta - I|", "fro": "sum ||M_delta - I||_F^2"}
 # The norms that sum over the Gram's entries, so that "mean" can average them.
 SUMMING_NORMS = ("l1", "fro", "double")
 # The norms of a convolution's operator (`operator=True`).

@@ -25,7 +25,7 @@ class Records:
     def keys(self):
         return [key for key, _ in self._records]
 
-    def stack(self, watched):
-        """`{path: array (records, num_slices)}` for each watched weight."""
+    def stack(self, widths):
+        """`{path: array (records, width)}` for each `path: width` of `widths` (a weight's slices, ...)."""
         n = len(self._records)
-        return {w.path: np.array([r[w.path] for _, r in self._records]).reshape(n, w.num_slices) for w in watched}
+        return {path: np.array([r[path] for _, r in self._records]).reshape(n, width) for path, width in widths.items()}

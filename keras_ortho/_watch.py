@@ -13,18 +13,20 @@ from keras import ops
 
 from keras_ortho import _backend, _binding, _rules, _validation
 from keras_ortho import ops as ortho_ops
+from keras_ortho._conv import OperatorPlan
 from keras_ortho._slicing import SlicePlan
 from keras_ortho.regularizer import OrthoRegularizer
 
 
 class Watched(NamedTuple):
-    """A weight, the slicing options and norm asked for, and the resulting plan."""
+    """A weight, the slicing options and norm asked for, and the resulting plan (a convolution's `OperatorPlan`
+    where its regularizer measures the operator)."""
 
     variable: object
     path: str
     slice_axis: int | None
     mode: str
-    plan: SlicePlan
+    plan: SlicePlan | OperatorPlan
     norm: str = "l1"
 
     @property
@@ -43,10 +45,12 @@ def holds_matrices(variable):
     return len(variable.shape) >= 2 and "float" in keras.backend.standardize_dtype(variable.dtype)
 
 
-def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1"):
+def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1", operator=False):
     """Checks that `variable` holds matrices and plans its slices, as `slice_errors` would.
 
-    `path` names it (`_rules.weight_names` inside a model); Keras's path by default.
+    `path` names it (`_rules.weight_names` inside a model); Keras's path by
+    default. With `operator`, a convolution kernel is planned as its operator
+    (one slice per group), as `OrthoRegularizer(operator=True)` measures it.
 
     Raises:
         TypeError, ValueError: naming the weight, when it is not floating point,
@@ -56,7 +60,7 @@ def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1
     if rule is None and isinstance(variable, keras.Variable):
         rule = _binding.known_rule(variable)
     try:
-        plan = ortho_ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule)
+        plan = ortho_ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule, operator)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot watch weight '{path}': {error}") from error
     return Watched(variable, path, slice_axis, mode, plan, norm)
@@ -84,7 +88,8 @@ def regularized_weights(model, include_all=False):
         regularizer = ortho_regularizer_of(v)
         path = names.get(id(v))
         if regularizer is not None and id(v) in trainable:
-            watched.append(watch(v, regularizer.slice_axis, regularizer.mode, path=path, norm=regularizer.norm))
+            options = {"path": path, "norm": regularizer.norm, "operator": regularizer.operator}
+            watched.append(watch(v, regularizer.slice_axis, regularizer.mode, **options))
         elif include_all and holds_matrices(v):
             watched.append(watch(v, path=path))
     return watched

@@ -77,11 +77,33 @@ def conv_singular_values(model, input_size=None):
                 "Argument `input_size` must be None, a positive int, or one positive int per spatial axis. "
                 f"Received: input_size={input_size!r}"
             )
-    results = {}
+    return measure(plan_measurements(model, input_size))
+
+
+class Measured(NamedTuple):
+    """A convolution kernel to measure: its path, the kernel, its `ConvGeometry` and the image size."""
+
+    path: str
+    variable: object
+    geometry: _conv.ConvGeometry
+    input_size: tuple[int, ...]
+
+
+def plan_measurements(model, input_size=None):
+    """`[Measured]` for every convolution kernel of `model` (see `conv_singular_values`), checked now."""
+    results = []
     for path, layer, variable, geometry in convolution_kernels(model):
         dims = len(geometry.strides)
         size = _layer_input_size(layer, geometry, path) if input_size is None else _per_axis(input_size, dims, path)
         size = tuple(-(-n // s) * s for n, s in zip(size, geometry.strides, strict=True))
+        results.append(Measured(path, variable, geometry, size))
+    return results
+
+
+def measure(measurements):
+    """`{path: ConvSingularValues}` of the kernels' current values."""
+    results = {}
+    for path, variable, geometry, size in measurements:
         values = _conv.singular_values(keras.ops.convert_to_numpy(variable), geometry, size)
         results[path] = ConvSingularValues(float(values[0]), float(values[-1]), size)
     return results

@@ -8,10 +8,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _validation, _watch
+from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _validation, _watch, conv
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
+# The keys of `singular_values=True`: per convolution, or over all of them.
+SIGMA_KEYS = ("sigma_max", "sigma_min")
 # With more watched weights than this, `weight_logs="auto"` writes only `ortho/total`.
 AUTO_WEIGHT_LOGS = 8
 
@@ -62,12 +64,26 @@ class OrthoLogger(keras.callbacks.Callback):
             False: only `ortho/total`.
         norm: the measure of explicitly given weights' slices (see
             `OrthoRegularizer`); "l1" by default.
+        singular_values: False (default); True also measures, at every epoch
+            end, the largest and smallest singular value of every convolution
+            in the model, each at its own input size
+            (`keras_ortho.conv_singular_values`; numpy on the host, about a
+            second for ResNet50): `logs["sigma_max/<path>"]` and
+            `logs["sigma_min/<path>"]` per convolution (with `weight_logs`'
+            rule: over 8 convolutions, `logs["sigma_max"]` and
+            `logs["sigma_min"]`, the largest and smallest over all of them),
+            kept in `singular_values_record`. The largest is the layer's
+            Lipschitz constant. A model whose convolutions' input sizes are
+            unknown is refused when `fit` begins.
 
     Attributes:
         errors: `{path: array of shape (epochs_recorded, num_slices)}`.
         epochs: the epoch number of each row of `errors`.
         batch_errors: `{path: array of shape (records, num_slices)}`.
         steps: the optimizer iteration of each row of `batch_errors`.
+        singular_values_record: `{path: array (epochs_recorded, 2)}`, the
+            largest and smallest singular value of each convolution per
+            epoch, with `singular_values=True`.
 
     Raises:
         ValueError: for an argument out of its range or choices, naming it and the value received.
@@ -103,6 +119,7 @@ class OrthoLogger(keras.callbacks.Callback):
         per_slice_logs: bool = False,
         weight_logs: str | bool = "auto",
         norm: str = "l1",
+        singular_values: bool = False,
     ):
         super().__init__()
         slice_axis = _validation.check_slice_axis(slice_axis)
@@ -115,6 +132,7 @@ class OrthoLogger(keras.callbacks.Callback):
             _tensorboard.check_packages(self.log_dir)
         self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
         self.weight_logs = _validation.check_auto_or_bool("weight_logs", weight_logs)
+        self.singular_values = _validation.check_bool("singular_values", singular_values)
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.
@@ -122,6 +140,7 @@ class OrthoLogger(keras.callbacks.Callback):
 
         self._watched = []
         self._epoch_records, self._batch_records = _records.Records(), _records.Records()
+        self._spectra, self._convolutions = _records.Records(), []
         self._probe = None
         self._writer = None
         self._batches_seen = 0
@@ -136,7 +155,14 @@ class OrthoLogger(keras.callbacks.Callback):
 
     @property
     def errors(self):
-        return self._epoch_records.stack(self._watched)
+        return self._epoch_records.stack(self._widths())
+
+    @property
+    def singular_values_record(self):
+        return self._spectra.stack({m.path: 2 for m in self._convolutions})
+
+    def _widths(self):
+        return {w.path: w.num_slices for w in self._watched}
 
     @property
     def epochs(self):
@@ -144,7 +170,7 @@ class OrthoLogger(keras.callbacks.Callback):
 
     @property
     def batch_errors(self):
-        return self._batch_records.stack(self._watched)
+        return self._batch_records.stack(self._widths())
 
     @property
     def steps(self):
@@ -168,6 +194,11 @@ class OrthoLogger(keras.callbacks.Callback):
             self._epoch_records, self._batch_records = _records.Records(), _records.Records()
             self._watched = watched
             self._probe = _watch.ErrorProbe(watched, jit_compile=self.every_n_batches is not None)
+        if self.singular_values:
+            convolutions = conv.plan_measurements(self.model)  # an unknown input size raises now, not mid-fit
+            if [m.variable for m in convolutions] != [m.variable for m in self._convolutions]:
+                self._spectra = _records.Records()
+            self._convolutions = convolutions
         self._batches_seen = 0
         self.on_train_end()  # a fit that raised left its writer open
         if self.log_dir is not None:
@@ -186,10 +217,15 @@ class OrthoLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         _, errors = self._measure()
         self._epoch_records.add(epoch, errors)
+        spectra = {}
+        if self.singular_values:
+            spectra = {path: np.array(values[:2]) for path, values in conv.measure(self._convolutions).items()}
+            self._spectra.add(epoch, spectra)
         if logs is not None:
             logs.update(log_entries(errors, self.weight_logs, self.per_slice_logs))
+            logs.update(sigma_entries(spectra, self.weight_logs))
         if self._writer is not None:
-            scalars = {}
+            scalars = sigma_entries(spectra, True)
             for path, values in errors.items():
                 scalars[f"{LOG_PREFIX}{path}"] = np.sum(values)
                 scalars.update({f"{LOG_PREFIX}{path}/slice_{i}": v for i, v in enumerate(values)})
@@ -237,3 +273,21 @@ def log_entries(errors, weight_logs, per_slice_logs):
         if per_slice_logs:
             entries.update({f"{LOG_PREFIX}{path}/slice_{i}": float(value) for i, value in enumerate(values)})
     return entries
+
+
+def sigma_entries(spectra, weight_logs):
+    """The epoch-log keys for the convolutions' `{path: [largest, smallest]}`, by `log_entries`' rule.
+
+    `sigma_max/<path>` and `sigma_min/<path>` per convolution when
+    `weight_logs` is True, or "auto" with at most `AUTO_WEIGHT_LOGS` of them;
+    otherwise `sigma_max` and `sigma_min`, the extremes over all of them.
+    """
+    if not spectra:
+        return {}
+    if weight_logs is True or (weight_logs == "auto" and len(spectra) <= AUTO_WEIGHT_LOGS):
+        entries = {}
+        for path, (largest, smallest) in spectra.items():
+            entries[f"{SIGMA_KEYS[0]}/{path}"], entries[f"{SIGMA_KEYS[1]}/{path}"] = float(largest), float(smallest)
+        return entries
+    values = np.array(list(spectra.values()))
+    return {SIGMA_KEYS[0]: float(values[:, 0].max()), SIGMA_KEYS[1]: float(values[:, 1].min())}

@@ -1,13 +1,18 @@
 """`keras-ortho report MODEL`: the orthogonality of a saved model's kernels.
 
     python -m keras_ortho report model.keras [--all] [--json] [--plot errors.png] [--import MODULE]
+                                             [--singular-values [--input-size N]]
 
 Loads a `.keras` or legacy `.h5` model and prints, for every kernel regularized
 by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too),
 its path, shape, number of slices and the per-slice errors under its
 regularizer's norm (`sum_jk |G_i|_jk` for the default "l1"; the output names
-each): min, median, max and the worst slices. A model with custom layers loads once
-`--import` has imported the modules that register them.
+each; a convolution regularized with `operator=True` is measured as its
+operator, one slice per group): min, median, max and the worst slices. With
+`--singular-values`, also the largest and smallest singular value of every
+convolution's operator, at its own input size in the model or at
+`--input-size`. A model with custom layers loads once `--import` has imported
+the modules that register them.
 """
 
 import argparse
@@ -91,7 +96,8 @@ def import_modules(names):
 def measure(model, include_all=False, worst=3):
     """One entry per measured kernel: shape, slicing and per-slice error statistics."""
     from keras_ortho import _watch
-    from keras_ortho._math import MEASURES
+    from keras_ortho._conv import OperatorPlan
+    from keras_ortho._math import MEASURES, OPERATOR_MEASURES
 
     watched = _watch.regularized_weights(model, include_all=include_all)
     if not watched:
@@ -102,6 +108,7 @@ def measure(model, include_all=False, worst=3):
         values = errors[w.path]
         order = np.argsort(-np.nan_to_num(values, nan=np.inf), kind="stable")[:worst]
         regularizer = _watch.ortho_regularizer_of(w.variable)
+        operator = isinstance(w.plan, OperatorPlan)
         entries.append(
             {
                 "path": w.path,
@@ -112,7 +119,8 @@ def measure(model, include_all=False, worst=3):
                 "regularized": regularizer is not None,
                 "factor": None if regularizer is None else regularizer.factor,
                 "norm": w.norm,
-                "measure": MEASURES[w.norm],
+                "operator": operator,
+                "measure": (OPERATOR_MEASURES if operator else MEASURES)[w.norm],
                 "min": float(np.min(values)),
                 "median": float(np.median(values)),
                 "max": float(np.max(values)),
@@ -125,8 +133,39 @@ def measure(model, include_all=False, worst=3):
 
 
 def measures_of(entries):
-    """`{norm: what it measures}` of the measured kernels, in their order."""
-    return {e["norm"]: e["measure"] for e in entries}
+    """`{norm: what it measures}` of the measured kernels, in their order (a convolution's operator apart)."""
+    return {e["norm"] + (" operator" if e["operator"] else ""): e["measure"] for e in entries}
+
+
+def singular_values(model, input_size=None):
+    """One entry per convolution: its path, the image size, and its operator's largest and smallest singular value."""
+    from keras_ortho.conv import conv_singular_values
+
+    try:
+        values = conv_singular_values(model, input_size)
+    except ValueError as error:
+        raise ReportError(f"--singular-values: {error}".replace("Pass `input_size=`", "Pass --input-size")) from None
+    return [
+        {"path": path, "input_size": list(v.input_size), "largest": v.largest, "smallest": v.smallest}
+        for path, v in values.items()
+    ]
+
+
+def format_singular_values(entries):
+    """A plain-text table of `singular_values`' entries."""
+    if not entries:
+        return "no convolution to measure\n"
+    headers = ["convolution", "image", "largest", "smallest"]
+    rows = [
+        [e["path"], "x".join(map(str, e["input_size"])), f"{e['largest']:.4g}", f"{e['smallest']:.4g}"] for e in entries
+    ]
+    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, ["-" * w for w in widths]] + rows
+    ]
+    head = f"{len(entries)} convolution(s): singular values of the operator on a circular image (largest: Lipschitz)"
+    return head + "\n" + "\n".join(lines) + "\n"
 
 
 def format_table(model_path, entries):
@@ -166,6 +205,8 @@ def format_table(model_path, entries):
 
 def run_report(args, out=None):
     out = out or sys.stdout
+    if args.input_size is not None and not args.singular_values:
+        raise ReportError("--input-size goes with --singular-values")
     if args.plot is not None and os.path.exists(args.plot) and not args.overwrite:
         raise ReportError(f"{args.plot} exists; pass --overwrite to replace it")
     if args.plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
@@ -195,11 +236,17 @@ def run_report(args, out=None):
     import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)
+    spectra = singular_values(model, args.input_size) if args.singular_values else None
     if args.json:
-        json.dump({"model": args.model, "kernels": entries}, out, indent=2)
+        document = {"model": args.model, "kernels": entries}
+        if spectra is not None:
+            document["convolutions"] = spectra
+        json.dump(document, out, indent=2)
         out.write("\n")
     else:
         out.write(format_table(args.model, entries))
+        if spectra is not None:
+            out.write(format_singular_values(spectra))
     if args.plot is not None:
         if not entries:
             raise ReportError("nothing to plot: no kernel measured")
@@ -238,6 +285,17 @@ def build_parser():
     report.add_argument("--plot", metavar="FILE.png", help="also draw the per-slice errors")
     report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     report.add_argument("--worst", type=_positive_int, default=3, metavar="K", help="worst slices to list (default 3)")
+    report.add_argument(
+        "--singular-values",
+        action="store_true",
+        help="also the largest and smallest singular value of every convolution's operator",
+    )
+    report.add_argument(
+        "--input-size",
+        type=_positive_int,
+        metavar="N",
+        help="with --singular-values: an N x N (x N) image for every convolution, not each one's own",
+    )
     report.add_argument(
         "--import",
         dest="imports",

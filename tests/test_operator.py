@@ -28,6 +28,7 @@ CASES = {
     "conv2d_strides_2_1": ("Conv2D", {"filters": 3, "kernel_size": (3, 2), "strides": (2, 1)}, 2),
     "conv2d_groups": ("Conv2D", {"filters": 4, "kernel_size": 3, "strides": 2, "groups": 2}, 4),
     "conv2d_k2_s2": ("Conv2D", {"filters": 5, "kernel_size": 2, "strides": 2}, 1),  # 5 > 4: columns
+    "conv2d_k1_s2": ("Conv2D", {"filters": 3, "kernel_size": 1, "strides": 2}, 2),  # rows; reads 1 pixel in 4
     "conv3d": ("Conv3D", {"filters": 2, "kernel_size": 2}, 1),
     "depthwise2d": ("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2}, 3),
     "depthwise1d_stride2": ("DepthwiseConv1D", {"kernel_size": 3, "strides": 2}, 2),
@@ -93,7 +94,7 @@ def test_the_reference_matrix_is_what_the_keras_layer_computes():
         out = to_numpy(layer(image))
         np.testing.assert_allclose(out.ravel(), matrix @ x, rtol=1e-10, atol=1e-12, err_msg=case)
         assert dims == len(sizes)
-    assert len(CASES) == 11
+    assert len(CASES) == 12
 
 
 @pytest.mark.parametrize("norm", ["l1", "fro"])
@@ -132,6 +133,7 @@ def test_the_penalty_is_one_block_row_of_the_zero_padded_gram_away_from_the_bord
     np.testing.assert_allclose(penalty(layer, mode, "l1"), expected, rtol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:OrthoRegularizer.operator=True. on weight")  # conv2d_k1_s2 cannot be orthogonal
 @pytest.mark.parametrize("norm", ["l1", "fro"])
 @pytest.mark.parametrize("case", CASES)
 def test_the_gradient_is_the_reference_penalty_s_central_differences(case, norm):
@@ -385,3 +387,103 @@ def _operator_penalty_of(layer, w):
     rule = _binding.known_rule(layer.kernel)
     tensor, plan = ortho_ops.prepare(w, None, "auto", rule=rule, operator=True)
     return ortho_ops.penalty_of(tensor, plan, 0.2)
+
+
+# --- Monitoring ---
+
+
+def test_the_logger_measures_an_operator_regularized_kernel_by_its_operator():
+    model = _small_cnn()
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01, operator=True), include="stem*")
+    model.compile("sgd", "mse")
+    logger = keras_ortho.OrthoLogger()
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    model.fit(x, np.zeros((8, 2), "float32"), epochs=1, verbose=0, callbacks=[logger])
+    assert logger.watched_paths == ["stem/kernel"]
+    stem = model.get_layer("stem")
+    expected = float(to_numpy(keras_ortho.ortho_penalty(stem.kernel, operator=True)))
+    assert logger.errors["stem/kernel"].shape == (1, 1)
+    np.testing.assert_allclose(logger.errors["stem/kernel"][0, 0], expected, rtol=1e-5)
+
+
+def test_the_logger_logs_every_convolution_s_singular_values_when_asked():
+    model = _small_cnn()
+    model.compile("sgd", "mse")
+    logger = keras_ortho.OrthoLogger(weights=["head/kernel"], singular_values=True)
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    history = model.fit(x, np.zeros((8, 2), "float32"), epochs=2, verbose=0, callbacks=[logger])
+    record = logger.singular_values_record
+    assert list(record) == ["stem/kernel", "depthwise/kernel"]
+    for name in ("stem", "depthwise"):
+        layer = model.get_layer(name)
+        sizes = (8, 8) if name == "stem" else (4, 4)
+        matrix = layer_operator(layer, to_numpy(layer.kernel).astype(np.float64), sizes)
+        values = np.linalg.svd(matrix, compute_uv=False)
+        assert record[f"{name}/kernel"].shape == (2, 2)
+        np.testing.assert_allclose(record[f"{name}/kernel"][-1], [values.max(), values.min()], rtol=1e-5)
+        assert history.history[f"sigma_max/{name}/kernel"][-1] == pytest.approx(values.max(), rel=1e-5)
+        assert history.history[f"sigma_min/{name}/kernel"][-1] == pytest.approx(values.min(), rel=1e-5, abs=1e-7)
+
+
+def test_the_logger_summarizes_singular_values_over_many_convolutions():
+    inputs = keras.Input((8, 8, 2))
+    x = inputs
+    for i in range(9):
+        x = keras.layers.Conv2D(2, 3, padding="same", name=f"conv{i}")(x)
+    model = keras.Model(inputs, x)
+    model.compile("sgd", "mse")
+    logger = keras_ortho.OrthoLogger(weights=["conv0/kernel"], singular_values=True)
+    data = np.zeros((4, 8, 8, 2), "float32")
+    history = model.fit(data, data, epochs=1, verbose=0, callbacks=[logger])
+    record = logger.singular_values_record
+    assert len(record) == 9
+    assert history.history["sigma_max"][0] == pytest.approx(max(v[0, 0] for v in record.values()))
+    assert history.history["sigma_min"][0] == pytest.approx(min(v[0, 1] for v in record.values()))
+    assert not any(key.startswith("sigma_max/") for key in history.history)
+
+
+def test_the_logger_refuses_singular_values_it_cannot_size_before_the_first_step():
+    inputs = keras.Input((None, None, 1))  # any image size: no operator to measure
+    outputs = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="conv")(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", "mse")
+    logger = keras_ortho.OrthoLogger(weights=["conv/kernel"], singular_values=True)
+    before = to_numpy(model.get_layer("conv").kernel)
+    with pytest.raises(ValueError, match="'conv/kernel' \\(Conv2D\\).*Pass `input_size=`"):
+        model.fit(np.ones((4, 6, 6, 1), "float32"), np.ones((4, 2), "float32"), verbose=0, callbacks=[logger])
+    np.testing.assert_array_equal(to_numpy(model.get_layer("conv").kernel), before)  # no step was taken
+    with pytest.raises(TypeError, match="Received: singular_values=1"):
+        keras_ortho.OrthoLogger(singular_values=1)
+
+
+def test_the_report_names_the_operator_and_lists_singular_values(tmp_path, capsys):
+    import json
+
+    from keras_ortho.report import main
+
+    model = _small_cnn()
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01, operator=True), include="stem*")
+    path = tmp_path / "cnn.keras"
+    model.save(path)
+    capsys.readouterr()
+    assert main(["report", str(path), "--json", "--singular-values"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    (kernel,) = document["kernels"]
+    assert kernel["path"] == "stem/kernel" and kernel["operator"] is True
+    assert kernel["measure"] == "sum |M_delta - I|"
+    stem = model.get_layer("stem")
+    expected = float(to_numpy(keras_ortho.ortho_penalty(stem.kernel, operator=True)))
+    assert kernel["total"] == pytest.approx(expected, rel=1e-5)
+    spectra = {e["path"]: e for e in document["convolutions"]}
+    assert list(spectra) == ["stem/kernel", "depthwise/kernel"]
+    values = keras_ortho.conv_singular_values(model)
+    for name, entry in spectra.items():
+        assert entry["input_size"] == list(values[name].input_size)
+        assert entry["largest"] == pytest.approx(values[name].largest, rel=1e-6)
+        assert entry["smallest"] == pytest.approx(values[name].smallest, rel=1e-6, abs=1e-9)
+
+    assert main(["report", str(path), "--singular-values", "--input-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "16x16" in text and "sum |M_delta - I| (l1 operator)" in text
+    assert main(["report", str(path), "--input-size", "16"]) == 1
+    assert "--input-size goes with --singular-values" in capsys.readouterr().err

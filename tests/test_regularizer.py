@@ -15,9 +15,10 @@ from keras_ortho import OrthoRegularizer
 # --- Config and serialization --------------------------------------------------
 
 CONFIGS = [
-    {"factor": 0.01, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"},
-    {"factor": 0.5, "slice_axis": -1, "mode": "rows", "reduction": "mean", "norm": "double"},
-    {"factor": 0.0, "slice_axis": 2, "mode": "columns", "reduction": "sum", "norm": "spectral"},
+    {"factor": 0.01, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1", "operator": False},
+    {"factor": 0.5, "slice_axis": -1, "mode": "rows", "reduction": "mean", "norm": "double", "operator": False},
+    {"factor": 0.0, "slice_axis": 2, "mode": "columns", "reduction": "sum", "norm": "spectral", "operator": False},
+    {"factor": 0.2, "slice_axis": None, "mode": "rows", "reduction": "mean", "norm": "fro", "operator": True},
 ]
 
 

@@ -223,7 +223,7 @@ def test_after_fit_the_regularizer_acts_with_its_own_factor_and_config():
     assert (
         regularizer.get_config()
         == config
-        == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1"}
+        == {"factor": FACTOR, "slice_axis": None, "mode": "auto", "reduction": "sum", "norm": "l1", "operator": False}
     )
     assert len(model.variables) == variables
     kernel = to_numpy(layer.kernel)
