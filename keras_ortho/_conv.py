@@ -31,10 +31,10 @@ the kernel correlated with itself at every offset (Wang et al. 2020's
     dL/dX_p = 2 factor sum_p' X_p' sign(M_{p' - p} - [p' = p] I)
 
 that is, with `X = [X_1 .. X_P]` (`R x P B`), `H = X^T X` its Gram,
-`M = T(H)` the sums of `H`'s blocks along its block diagonals and
-`S = T^T(sign(M - I))` the signs laid back onto them (a symmetric
-`P B x P B` matrix), `dL/dX = 2 factor X S`: the matrix penalty's gradient
-`2 Phi sign(G)`, with `sign(G)` replaced by `S`.
+`M` the sums of `H`'s blocks along its block diagonals and `S` the signs
+`sign(M - I)` laid back along them (a symmetric `P B x P B` matrix),
+`dL/dX = 2 factor X S`: the matrix penalty's gradient `2 Phi sign(G)`, with
+`sign(G)` replaced by `S`.
 
 **When an orthogonal convolution exists** (Achour, Malgouyres and Mamalet
 2022, "Existence, stability and scalability of orthogonal convolutional neural
@@ -56,8 +56,6 @@ matrices `K'^(w) = sum_d' K'[d'] exp(-2 pi i <w, d'> / (n / s))`, one per
 frequency `w` of the `(n / s)^D` grid of outputs.
 """
 
-import functools
-import itertools
 import math
 from typing import NamedTuple
 
@@ -183,22 +181,6 @@ def _impossible(spatial, strides, cin, cout, mode):
             f"read); kernel_size={tuple(spatial)}, strides={tuple(strides)}"
         )
     return None
-
-
-@functools.lru_cache(maxsize=256)
-def offset_sums(grid):
-    """`T`, `(num_offsets, P * P)`: `T[delta, p P + p'] = 1` where `p - p' = delta`, `P = prod(grid)`.
-
-    Offsets and positions are in row-major order over their grids (offsets
-    `-(g - 1) .. g - 1` per axis), so the zero offset is the middle one.
-    """
-    positions = list(itertools.product(*(range(g) for g in grid)))
-    offsets = {delta: i for i, delta in enumerate(itertools.product(*(range(1 - g, g) for g in grid)))}
-    sums = np.zeros((len(offsets), len(positions) ** 2))
-    for i, p in enumerate(positions):
-        for j, q in enumerate(positions):
-            sums[offsets[tuple(a - b for a, b in zip(p, q, strict=True))], i * len(positions) + j] = 1.0
-    return sums
 
 
 def num_offsets(grid):

@@ -73,7 +73,7 @@ import numpy as np
 from keras import ops
 
 from keras_ortho import _backend
-from keras_ortho._conv import OperatorLayout, num_offsets, offset_sums
+from keras_ortho._conv import OperatorLayout, num_offsets
 from keras_ortho._slicing import auto_mode
 
 NORMS = ("l1", "fro", "double", "spectral", "coherence")
@@ -357,50 +357,59 @@ class _OperatorNorm:
     """An entrywise norm of a convolution's operator Gram, `sum_delta sum_jk f(M_delta - [delta = 0] I)_jk`.
 
     `X` is `(m, rows, P * block)`, `P = prod(grid)` kernel positions. The
-    Gram `H = X^T X` holds `X_p^T X_p'` in block `(p, p')`; `T` (`offset_sums`)
-    sums its blocks along each block diagonal into `M_delta`, and `T^T` lays
-    `f'(M - I)` back on them: a symmetric `S`, and the gradient is
-    `slope X S`, as the matrix norms' `slope Phi f'(G)`. A 1x1 kernel
-    (`P = 1`) is a matrix, and the sums are skipped.
+    Gram `H = X^T X` holds `X_p^T X_p'` in block `(p, p')`; summed along each
+    block diagonal (`_diagonal_sums`, one grid axis at a time) it gives
+    `M_delta`, and `f'(M - I)` laid back along them (`_diagonal_spread`, the
+    adjoint) is a symmetric `S`: the gradient is `slope X S`, as the matrix
+    norms' `slope Phi f'(G)`. A 1x1 kernel (`P = 1`) is a matrix, and the
+    sums are skipped.
     """
 
     def __init__(self, entrywise):
         self.entrywise = entrywise
 
     @staticmethod
-    def _constant(array, like):
-        return ops.convert_to_tensor(array, dtype=like.dtype)
+    def _pairs_perm(dims):
+        """`(m, *p, b, *p', b')` -> `(m, b, b', p_1, p'_1, ..., p_D, p'_D)`."""
+        return (0, dims + 1, 2 * dims + 2, *(i for a in range(dims) for i in (1 + a, dims + 2 + a)))
 
     @classmethod
     def _residual(cls, phi, layout):
         """`(m, offsets, block, block)`: each `M_delta`, minus `I` at the zero offset."""
         backend = _backend.current()
-        slices, block, positions = phi.shape[0], layout.block, math.prod(layout.grid)
+        slices, block, grid = phi.shape[0], layout.block, layout.grid
         gram = backend.gram(phi, "columns")
-        if positions == 1:
+        if math.prod(grid) == 1:
             return backend.minus_identity(backend.reshape(gram, (slices, 1, block, block)))
-        pairs = backend.reshape(gram, (slices, positions, block, positions, block))
-        pairs = backend.reshape(backend.transpose(pairs, (0, 1, 3, 2, 4)), (slices, positions**2, block**2))
-        sums = backend.matmul(cls._constant(offset_sums(layout.grid), phi), pairs)
-        offsets = num_offsets(layout.grid)
+        dims = len(grid)
+        sums = backend.transpose(backend.reshape(gram, (slices, *grid, block, *grid, block)), cls._pairs_perm(dims))
+        for axis in reversed(range(dims)):  # the last pair of position axes becomes its offset axis, third
+            sums = _move_last(_diagonal_sums(sums, grid[axis]), 3)
+        offsets = num_offsets(grid)
+        sums = backend.reshape(
+            backend.transpose(backend.reshape(sums, (slices, block, block, offsets)), (0, 3, 1, 2)),
+            (slices, offsets, block, block),
+        )
         identity = np.zeros((offsets, block, block))
         identity[offsets // 2] = np.eye(block)
-        return backend.reshape(sums, (slices, offsets, block, block)) - cls._constant(identity, phi)
+        return sums - ops.convert_to_tensor(identity, dtype=sums.dtype)
 
     @classmethod
     def _laid_back(cls, direction, layout):
         """`S`, `(m, P * block, P * block)`: block `(p, p')` is `direction[delta = p - p']`."""
         backend = _backend.current()
-        slices, offsets, block = direction.shape[0], direction.shape[1], layout.block
-        positions = math.prod(layout.grid)
+        slices, block, grid = direction.shape[0], layout.block, layout.grid
+        positions = math.prod(grid)
         if positions == 1:
             return backend.reshape(direction, (slices, block, block))
-        flat = backend.reshape(direction, (slices, offsets, block**2))
-        pairs = backend.matmul(cls._constant(offset_sums(layout.grid).T, direction), flat)
-        pairs = backend.reshape(pairs, (slices, positions, positions, block, block))
-        return backend.reshape(
-            backend.transpose(pairs, (0, 1, 3, 2, 4)), (slices, positions * block, positions * block)
-        )
+        dims = len(grid)
+        spread = backend.transpose(direction, (0, 2, 3, 1))
+        spread = backend.reshape(spread, (slices, block, block, *(2 * g - 1 for g in grid)))
+        for axis in range(dims):  # the first offset axis (third) becomes a pair of position axes, last
+            spread = _diagonal_spread(_move_to_last(spread, 3), grid[axis])
+        inverse = sorted(range(2 * dims + 3), key=cls._pairs_perm(dims).__getitem__)
+        spread = backend.transpose(spread, inverse)
+        return backend.reshape(spread, (slices, positions * block, positions * block))
 
     @staticmethod
     def _entries(layout, reduction):
@@ -420,6 +429,46 @@ class _OperatorNorm:
 
 
 _OPERATOR_NORMS = {"l1": _OperatorNorm(_L1), "fro": _OperatorNorm(_Frobenius)}
+
+
+def _diagonal_sums(x, k):
+    """`(..., k, k) -> (..., 2k - 1)`: the sums of `x[..., i, j]` over `i - j = delta`, `delta = -(k - 1) .. k - 1`.
+
+    By index shuffling alone, no multiply: with its columns reversed, each
+    row padded to `2k` and the whole re-read `2k - 1` wide, row `i` is shifted
+    right by `i`, so that entry `(i, j)` lands in column `(k - 1) + i - j`.
+    The leading axes are merged first (TensorFlow reverses tensors of rank 8
+    at most; a Conv3D's pairs have 9).
+    """
+    backend = _backend.current()
+    lead = tuple(x.shape[:-2])
+    x = ops.pad(ops.flip(backend.reshape(x, (-1, k, k)), axis=-1), [(0, 0), (0, 0), (0, k)])
+    x = backend.reshape(x, (-1, 2 * k * k))[:, : k * (2 * k - 1)]
+    return backend.reshape(ops.sum(backend.reshape(x, (-1, k, 2 * k - 1)), axis=-2), (*lead, 2 * k - 1))
+
+
+def _diagonal_spread(y, k):
+    """The adjoint of `_diagonal_sums`: `(..., 2k - 1) -> (..., k, k)`, entry `(i, j)` being `y[(k - 1) + i - j]`."""
+    backend = _backend.current()
+    lead = tuple(y.shape[:-1])
+    y = backend.reshape(y, (-1, 1, 2 * k - 1))
+    x = backend.reshape(ops.broadcast_to(y, (y.shape[0], k, 2 * k - 1)), (-1, k * (2 * k - 1)))
+    x = backend.reshape(ops.pad(x, [(0, 0), (0, k)]), (-1, k, 2 * k))
+    return backend.reshape(ops.flip(x[..., :k], axis=-1), (*lead, k, k))
+
+
+def _move_last(x, position):
+    """The last axis moved to `position`."""
+    rank = len(x.shape)
+    order = list(range(rank - 1))
+    order.insert(position, rank - 1)
+    return _backend.current().transpose(x, order)
+
+
+def _move_to_last(x, position):
+    """Axis `position` moved to the end."""
+    order = [a for a in range(len(x.shape)) if a != position] + [position]
+    return _backend.current().transpose(x, order)
 
 
 # --- The hard constraint: the nearest matrix with orthonormal columns (rows) ---

@@ -487,3 +487,20 @@ def test_the_report_names_the_operator_and_lists_singular_values(tmp_path, capsy
     assert "16x16" in text and "sum |M_delta - I| (l1 operator)" in text
     assert main(["report", str(path), "--input-size", "16"]) == 1
     assert "--input-size goes with --singular-values" in capsys.readouterr().err
+
+
+def test_the_warning_docs_operator_md_quotes_is_the_one_raised():
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "operator.md").read_text()
+    (quoted,) = re.findall(r"```text\n(.*?)```", page, flags=re.S)
+    layer = keras.layers.Conv2D(8, 1, strides=2, use_bias=False, name="conv2d")
+    layer.build((None, 8, 8, 1))
+    from keras_ortho import _binding
+
+    _binding.assign_rules(layer)
+    with pytest.warns(RuntimeWarning) as caught:
+        keras_ortho.OrthoRegularizer(operator=True)(layer.kernel)
+    assert len(caught) == 1
+    assert " ".join(str(caught[0].message).split()) == " ".join(quoted.split())
