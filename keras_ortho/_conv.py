@@ -56,6 +56,8 @@ matrices `K'^(w) = sum_d' K'[d'] exp(-2 pi i <w, d'> / (n / s))`, one per
 frequency `w` of the `(n / s)^D` grid of outputs.
 """
 
+import functools
+import itertools
 import math
 from typing import NamedTuple
 
@@ -181,6 +183,23 @@ def _impossible(spatial, strides, cin, cout, mode):
             f"read); kernel_size={tuple(spatial)}, strides={tuple(strides)}"
         )
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def offset_matrix(grid):
+    """`T`, `(num_offsets, P * P)`, of zeros and ones: `T[delta, pair] = 1` where the pair's `p - p' = delta`.
+
+    Pairs are in row-major order over `(p_1, p'_1, ..., p_D, p'_D)` (`p`, `p'`
+    positions of the `grid`), offsets over `(delta_1, ..., delta_D)`, each
+    from `-(g - 1)` to `g - 1`: the zero offset is the middle one.
+    """
+    axes = [range(g) for g in grid for _ in range(2)]
+    widths = [2 * g - 1 for g in grid]
+    matrix = np.zeros((math.prod(widths), math.prod(grid) ** 2))
+    for column, pair in enumerate(itertools.product(*axes)):
+        delta = [pair[2 * a] - pair[2 * a + 1] + grid[a] - 1 for a in range(len(grid))]
+        matrix[np.ravel_multi_index(delta, widths), column] = 1.0
+    return matrix
 
 
 def num_offsets(grid):

@@ -24,6 +24,7 @@ CASES = {
     "conv1d": ("Conv1D", {"filters": 3, "kernel_size": 3}, 2),  # cout 3 > cin 2: columns
     "conv1d_stride2": ("Conv1D", {"filters": 3, "kernel_size": 3, "strides": 2}, 2),  # 3 <= 2 * 2: rows
     "conv1d_k4_s2": ("Conv1D", {"filters": 3, "kernel_size": 4, "strides": 2}, 1),  # 3 > 1 * 2: columns
+    "conv1d_wide": ("Conv1D", {"filters": 16, "kernel_size": 3}, 16),  # blocks of 16: the sums by a product
     "conv2d": ("Conv2D", {"filters": 2, "kernel_size": 3}, 2),
     "conv2d_strides_2_1": ("Conv2D", {"filters": 3, "kernel_size": (3, 2), "strides": (2, 1)}, 2),
     "conv2d_groups": ("Conv2D", {"filters": 4, "kernel_size": 3, "strides": 2, "groups": 2}, 4),
@@ -94,7 +95,7 @@ def test_the_reference_matrix_is_what_the_keras_layer_computes():
         out = to_numpy(layer(image))
         np.testing.assert_allclose(out.ravel(), matrix @ x, rtol=1e-10, atol=1e-12, err_msg=case)
         assert dims == len(sizes)
-    assert len(CASES) == 12
+    assert len(CASES) == 13
 
 
 @pytest.mark.parametrize("norm", ["l1", "fro"])
@@ -504,3 +505,26 @@ def test_the_warning_docs_operator_md_quotes_is_the_one_raised():
         keras_ortho.OrthoRegularizer(operator=True)(layer.kernel)
     assert len(caught) == 1
     assert " ".join(str(caught[0].message).split()) == " ".join(quoted.split())
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_lazy_regularization_scales_the_operator_penalty_or_computes_nothing(scale):
+    from backends import value_and_grad
+
+    from keras_ortho import _binding
+    from keras_ortho import ops as ortho_ops
+
+    layer = make("conv2d_strides_2_1")
+    rule = _binding.known_rule(layer.kernel)
+    kernel = to_numpy(layer.kernel)
+
+    def lazy(w):
+        tensor, plan = ortho_ops.prepare(w, None, "auto", rule=rule, operator=True)
+        return ortho_ops.lazy_penalty_of(tensor, plan, 0.3, keras.ops.convert_to_tensor(scale, "float64"))
+
+    value, grad = value_and_grad(lazy, kernel)
+    full = float(to_numpy(keras_ortho.ortho_penalty(layer.kernel, 0.3, operator=True)))
+    expected_grad = to_numpy(keras_ortho.ortho_gradient(layer.kernel, 0.3, operator=True))
+    assert full > 0.1
+    np.testing.assert_allclose(value, scale * full, rtol=1e-10)
+    np.testing.assert_allclose(grad, scale * expected_grad, rtol=1e-10, atol=1e-14)
