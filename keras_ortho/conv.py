@@ -24,7 +24,9 @@ class ConvSingularValues(NamedTuple):
     input_size: tuple[int, ...]
 
 
-def conv_singular_values(model, input_size=None):
+def conv_singular_values(
+    model: keras.layers.Layer, input_size: int | tuple[int, ...] | None = None
+) -> dict[str, ConvSingularValues]:
     """The largest and smallest singular value of every convolution in `model`, on a circular image.
 
     Exact for circular padding (Sedghi, Gupta and Long 2019, "The singular
@@ -49,8 +51,9 @@ def conv_singular_values(model, input_size=None):
             layer's stride, the smallest circular image the stride divides.
 
     Returns:
-        `{path: ConvSingularValues}`, the paths of the kernels inside `model`
-        as `OrthoLogger` names them, in model order.
+        dict: `{path: ConvSingularValues(largest, smallest, input_size)}`, the
+            paths of the kernels inside `model` as `OrthoLogger` names them, in
+            model order.
 
     Raises:
         ValueError: when `input_size` is None and a layer's input size is
