@@ -213,14 +213,17 @@ def to_operator_stack(kernel, plan):
     return np.transpose(kernel.reshape(plan.view), plan.perm).reshape(plan.num_slices, plan.rows, plan.cols)
 
 
-def singular_values(kernel, geometry, input_size):
-    """The singular values of the layer's operator on a circular image of `input_size`, largest first.
+def extreme_singular_values(kernel, geometry, input_size):
+    """`(largest, smallest)` singular value of the layer's operator on a circular image of `input_size`.
 
     Sedghi, Gupta and Long 2019, generalized to strides by the polyphase
     kernel (module docstring): the operator is block diagonal in the DFT
-    basis, with one `cout x C` block per frequency of the output grid, and
-    one operator per group. A transposed convolution has those of the
-    convolution it is the adjoint of.
+    basis, with one `C x cout` block per frequency of the output grid, and
+    one operator per group. The smallest is that of the thin SVD (of the
+    `min(outputs, inputs)` values). A transposed convolution has those of
+    the convolution it is the adjoint of. Along an axis where the polyphase
+    kernel has one tap (a 1x1 kernel, or a stride as long as the kernel),
+    every frequency gives the same block: one of them stands for all.
 
     Args:
         kernel: the kernel, a numpy array `(*spatial, cin, cout)`.
@@ -230,23 +233,32 @@ def singular_values(kernel, geometry, input_size):
             transposed convolution: the size of `A`'s input).
 
     Returns:
-        A 1-D float64 array: all `min(C, cout) * groups * (n / s)^D` singular values.
+        `(largest, smallest)`, Python floats.
     """
     kernel = np.asarray(kernel, dtype=np.float64)
     plan = plan_operator(kernel.shape, geometry._replace(transposed=False), "rows")
     # X: (groups, C, P * cout), P the polyphase positions in row-major order.
-    stack = to_operator_stack(kernel, plan).reshape(plan.num_slices, plan.rows, *plan.grid, plan.block)
-    sizes = [n // s for n, s in zip(input_size, geometry.strides, strict=True)]
-    transform = stack.astype(np.complex128)
+    transform = to_operator_stack(kernel, plan).reshape(plan.num_slices, plan.rows, *plan.grid, plan.block)
+    transform = transform.astype(np.complex128)
+    sizes = [n // s if g > 1 else 1 for n, s, g in zip(input_size, geometry.strides, plan.grid, strict=True)]
+    # A real kernel's blocks at w and -w are conjugate, with the same singular values: along the
+    # last axis that has frequencies, the first half of them stands for all.
+    last = max((a for a, g in enumerate(plan.grid) if g > 1), default=None)
     for axis, (size, g) in enumerate(zip(sizes, plan.grid, strict=True)):
         # The DFT along one axis as a product: taps past `size` wrap around, as on the torus.
-        phase = np.exp(-2j * np.pi * np.outer(np.arange(size), np.arange(g)) / size)
+        frequencies = np.arange(size // 2 + 1 if axis == last else size)
+        phase = np.exp(-2j * np.pi * np.outer(frequencies, np.arange(g)) / size)
         transform = np.moveaxis(np.tensordot(transform, phase, axes=([2 + axis], [1])), -1, 2 + axis)
     # After the loop the frequency axes sit where the positions were, in order.
     blocks = np.moveaxis(transform, 1, -2).reshape(-1, plan.rows, plan.block)
-    values = np.linalg.svd(blocks, compute_uv=False)
+    # The eigenvalues of the smaller Gram are the squared singular values (cheaper than an SVD).
+    gram = (
+        blocks.conj().transpose(0, 2, 1) @ blocks
+        if plan.rows >= plan.block
+        else blocks @ blocks.conj().transpose(0, 2, 1)
+    )
+    values = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
     # Phases no tap reads (a kernel shorter than its stride) were left out of the rows: they add zeros.
     cin = 1 if geometry.per_channel else kernel.shape[-2]
-    unread = min(cin * math.prod(geometry.strides), plan.block) - min(plan.rows, plan.block)
-    values = np.concatenate([values, np.zeros((len(values), unread))], axis=1) if unread > 0 else values
-    return np.sort(values.ravel())[::-1]
+    unread = min(cin * math.prod(geometry.strides), plan.block) > min(plan.rows, plan.block)
+    return float(values.max()), 0.0 if unread else float(values.min())

@@ -236,9 +236,13 @@ def test_singular_values_take_each_layers_own_input_size_in_a_model():
 
 
 def test_singular_values_refuse_an_unknown_input_size_and_bad_sizes():
-    layer = make("conv2d")
-    with pytest.raises(ValueError, match="input_size="):
-        keras_ortho.conv_singular_values(layer)
+    inputs = keras.Input((None, None, 2))  # any image size
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs))
+    with pytest.raises(ValueError, match="'conv/kernel' \\(Conv2D\\).*Pass `input_size=`"):
+        keras_ortho.conv_singular_values(model)
+    assert keras_ortho.conv_singular_values(model, input_size=6)["conv/kernel"].input_size == (6, 6)
+    layer = make("conv2d")  # built alone: its build's shape is its input size
+    assert keras_ortho.conv_singular_values(layer)["kernel"].input_size == (8, 8)
     with pytest.raises(ValueError, match=r"Received: input_size=\(8, 0\)"):
         keras_ortho.conv_singular_values(layer, input_size=(8, 0))
     with pytest.raises(ValueError, match="has 3 sizes"):
@@ -529,3 +533,26 @@ def test_lazy_regularization_scales_the_operator_penalty_or_computes_nothing(sca
     assert full > 0.1
     np.testing.assert_allclose(value, scale * full, rtol=1e-10)
     np.testing.assert_allclose(grad, scale * expected_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_singular_values_size_a_convolution_called_inside_another_layer_by_its_build():
+    class Patches(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 2, strides=2, name="conv")
+            self.up = keras.layers.Conv2DTranspose(2, 2, strides=2, name="up")
+
+        def build(self, shape):
+            self.conv.build(shape)
+            self.up.build(self.conv.compute_output_shape(shape))
+
+        def call(self, x):
+            return self.up(self.conv(x))
+
+    inputs = keras.Input((12, 8, 2))
+    model = keras.Model(inputs, Patches(name="patches")(inputs))
+    values = keras_ortho.conv_singular_values(model)
+    assert {path: v.input_size for path, v in values.items()} == {
+        "patches/conv/kernel": (12, 8),
+        "patches/up/kernel": (12, 8),  # A's input: the transposed layer's output
+    }
