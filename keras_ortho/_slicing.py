@@ -89,9 +89,19 @@ class SlicePlan(NamedTuple):
     mode: str
 
     @property
-    def gram_size(self):
-        """Side of each Gram matrix: `cols` in columns mode, `rows` in rows mode."""
-        return self.cols if self.mode == "columns" else self.rows
+    def impossible(self):
+        """Why no slice of this shape has the orthonormal side `mode` names, or None.
+
+        `rows x cols` with `rows < cols` has no orthonormal columns (its Gram
+        `Phi^T Phi` has rank at most `rows`), nor `rows > cols` orthonormal rows.
+        """
+        if self.mode == "columns" and self.rows < self.cols or self.mode == "rows" and self.rows > self.cols:
+            long_side = "columns than rows" if self.mode == "columns" else "rows than columns"
+            return (
+                f"a {self.rows}x{self.cols} slice has more {long_side}, so no matrix of its shape "
+                f"has orthonormal {self.mode}"
+            )
+        return None
 
 
 def plan_slices(shape, slice_axis=None, mode="auto", rule=None):

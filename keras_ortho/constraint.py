@@ -74,6 +74,11 @@ class OrthoConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         variable, rule = _binding.weight_behind(w, self, "constraint")
         tensor, plan = ops.prepare(w, self.slice_axis, self.mode, rule=rule, weight=variable)
+        if plan.impossible is not None and variable is not None:
+            raise ValueError(
+                f"Argument `mode`: {plan.impossible}, for {_binding.describe(variable)}. "
+                f'Received: mode={plan.mode!r}; "auto" takes the side that can be orthonormal'
+            )
         return ops.project(tensor, plan, self.method, self.iterations)
 
     def get_config(self):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from keras_ortho import _binding, _keras_compat, _rules, _watch
+from keras_ortho import _binding, _keras_compat, _rules, _watch, ops
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
@@ -169,7 +169,7 @@ def _put(model, obj, kind, include, exclude):
 
     _binding.assign_rules(model)
     names = _rules.weight_names(model)
-    paths, frozen = [], []
+    chosen, frozen = [], []
     for layer, variable, role in _kernels(model):
         path = names[id(variable)]
         if not _can_train(variable):
@@ -181,6 +181,12 @@ def _put(model, obj, kind, include, exclude):
             continue
         if obj is None and kind.of(variable) is None:
             continue
+        chosen.append((layer, variable, role, path))
+    if obj is not None:
+        _check_sides(obj, kind, chosen)  # before anything is set
+
+    paths = []
+    for layer, variable, role, path in chosen:
         setattr(variable, name, obj)
         _binding.bind(variable)
         argument = kind.argument(role[1])
@@ -208,6 +214,41 @@ def _put(model, obj, kind, include, exclude):
     elif paths and obj is not None:
         _warn_if_configs_drop(model, paths, kind)
     return paths
+
+
+def _check_sides(obj, kind, chosen):
+    """Each chosen kernel planned as `obj` will slice it: an error for a plan `obj` cannot apply, before any is set.
+
+    A slice that cannot have the orthonormal side `mode` asks for (a wide
+    slice's columns, a tall one's rows; a convolution's operator against
+    Achour et al.'s conditions) has a penalty that never reaches 0: the
+    regularizer warns once per shape, as it does when Keras first calls it. A
+    constraint has no nearest matrix with that side to project on: `constrain`
+    raises, naming the kernels, and sets nothing.
+    """
+    refused = []
+    for _, variable, _, path in chosen:
+        plan = ops.plan_weight(
+            variable.shape,
+            variable.dtype,
+            obj.slice_axis,
+            obj.mode,
+            _binding.known_rule(variable),
+            getattr(obj, "operator", False),
+        )
+        if plan.impossible is None:
+            continue
+        if kind is _CONSTRAINT:
+            refused.append(f"'{path}' ({plan.impossible})")
+        else:
+            obj._warn_impossible(plan, variable, stacklevel=5)
+    if refused:
+        shown = ", ".join(refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
+        raise ValueError(
+            f"Argument `constraint`: OrthoConstraint(mode={obj.mode!r}) cannot apply to {len(refused)} of the "
+            f"chosen kernels: {shown}. Nothing was constrained. Use mode=\"auto\", which takes the side that "
+            "can be orthonormal, or leave them out with `exclude`."
+        )
 
 
 def _matcher(name, value):

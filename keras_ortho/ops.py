@@ -222,11 +222,9 @@ def _lazy_gradient(tensor, scale, options, upstream):
 
 def project(tensor, plan, method="svd", iterations=None):
     """Each slice of a tensor already planned replaced by its polar factor, in its layout and dtype."""
-    if plan.mode == "columns" and plan.rows < plan.cols or plan.mode == "rows" and plan.rows > plan.cols:
-        long_side = "columns than rows" if plan.mode == "columns" else "rows than columns"
+    if plan.impossible is not None:
         raise ValueError(
-            f"Argument `mode`: a {plan.rows}x{plan.cols} slice has more {long_side}, so no matrix "
-            f"of its shape has orthonormal {plan.mode}. Received: mode={plan.mode!r}; "
+            f"Argument `mode`: {plan.impossible}. Received: mode={plan.mode!r}; "
             '"auto" takes the side that can be orthonormal'
         )
     stack = to_stack(tensor, plan)

@@ -5,6 +5,7 @@ import warnings
 import keras
 
 from keras_ortho import _binding, _keras_compat, _validation, ops
+from keras_ortho._conv import OperatorPlan
 
 _CONFIG_KEYS = ("factor", "slice_axis", "mode", "reduction", "norm", "operator")
 
@@ -108,7 +109,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
             self._refuse_activations(x)
         variable, rule = known if known is not None else _binding.look_up_weight(x, self, "regularizer")
         tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable, operator=self.operator)
-        if getattr(plan, "impossible", None) is not None:
+        if plan.impossible is not None:
             self._warn_impossible(plan, variable)
         if binding is None:
             return ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
@@ -118,18 +119,27 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         penalty = ops.penalty_of(tensor, plan, self.factor, self.reduction, self.norm)
         return penalty * keras.ops.cast(scale, penalty.dtype)
 
-    def _warn_impossible(self, plan, variable):
-        key = ("operator", plan.shape, plan.mode)
-        if key not in self._warned_shapes:
-            self._warned_shapes.add(key)
-            where = _binding.describe(variable) if variable is not None else f"a kernel of shape {plan.shape}"
-            warnings.warn(
+    def _warn_impossible(self, plan, variable, stacklevel=3):
+        """Warns once per shape that no weight of `plan`'s shape can have the side the plan asks for."""
+        operator = isinstance(plan, OperatorPlan)
+        key = (operator, plan.shape, plan.mode)
+        if key in self._warned_shapes:
+            return
+        self._warned_shapes.add(key)
+        where = _binding.describe(variable) if variable is not None else f"a weight of shape {plan.shape}"
+        if operator:
+            message = (
                 f"OrthoRegularizer(operator=True) on {where}: no convolution of this shape is "
                 f"orthogonal ({plan.impossible}; Achour et al. 2022). The penalty is still "
-                "minimized, towards the nearest it can reach; see docs/operator.md.",
-                RuntimeWarning,
-                stacklevel=3,
+                "minimized, towards the nearest it can reach; see docs/operator.md."
             )
+        else:
+            message = (
+                f"OrthoRegularizer(mode={self.mode!r}) on {where}: {plan.impossible}, so the "
+                "penalty can never reach 0. It is still minimized, towards the nearest it can "
+                'reach; mode="auto" takes the side that can be orthonormal.'
+            )
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
     def _refuse_activations(self, x):
         layer = _keras_compat.activity_layer(self)

@@ -129,6 +129,35 @@ def test_arguments_are_checked_with_the_value_received():
         keras_ortho.constrain(build("Dense", "constructor", None), keras.constraints.NonNeg())
 
 
+def wide_and_tall():
+    """A wide (3x10) kernel then a tall (10x4) one."""
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(10, name="wide"), keras.layers.Dense(4, name="tall")]
+    )
+
+
+@pytest.mark.parametrize(("mode", "refused", "taken"), [("columns", "wide", "tall"), ("rows", "tall", "wide")])
+def test_constrain_refuses_a_side_a_kernel_cannot_have_and_sets_nothing(mode, refused, taken):
+    model = wide_and_tall()
+    shape = {"wide": "3x10", "tall": "10x4"}[refused]
+    with pytest.raises(ValueError, match=rf"constraint.*cannot apply to 1 of.*'{refused}/kernel' \(a {shape} slice"):
+        keras_ortho.constrain(model, keras_ortho.OrthoConstraint(mode=mode))
+    assert all(layer.kernel.constraint is None and layer.kernel_constraint is None for layer in model.layers)
+    # Left out, the other kernel takes it.
+    assert keras_ortho.constrain(model, keras_ortho.OrthoConstraint(mode=mode), exclude=f"{refused}*") == [
+        f"{taken}/kernel"
+    ]
+
+
+def test_given_to_a_constructor_the_first_step_names_the_weight():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(10, kernel_constraint=keras_ortho.OrthoConstraint(mode="columns"))]
+    )
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"3x10 slice has more columns than rows.*for weight .*kernel.*Dense"):
+        model.fit(np.ones((4, 3), "float32"), np.ones((4, 10), "float32"), verbose=0)
+
+
 @pytest.mark.parametrize(
     "constraint",
     [

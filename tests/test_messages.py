@@ -67,6 +67,10 @@ def activity_regularized():
     model(np.ones((2, 4), "float32"))
 
 
+def wide_model():
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(10, name="wide")], name="model")
+
+
 def backbone_regularized():
     import keras_hub  # the test extra installs it
 
@@ -79,6 +83,12 @@ def backbone_regularized():
 CASES = {
     "Argument `mode`: a 3x8 slice": lambda: raised(
         lambda: keras_ortho.OrthoConstraint(mode="columns")(np.ones((3, 8), "float32")), ValueError
+    ),
+    "Argument `constraint`: OrthoConstraint": lambda: raised(
+        lambda: keras_ortho.constrain(wide_model(), keras_ortho.OrthoConstraint(mode="columns")), ValueError
+    ),
+    "OrthoRegularizer(mode='columns') on weight": lambda: warned(
+        lambda: keras_ortho.regularize(wide_model(), keras_ortho.OrthoRegularizer(mode="columns"))
     ),
     "Argument `iterations` counts": lambda: raised(lambda: keras_ortho.OrthoConstraint(iterations=3), ValueError),
     "OrthoRegularizer config has unknown key(s)": lambda: raised(

@@ -130,6 +130,39 @@ def test_patterns_that_leave_no_kernel_warn_naming_them(include, exclude):
     assert [v for v in model.weights if v.regularizer is not None] == []
 
 
+def runtime_warnings(call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return result, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_side_a_kernel_cannot_have_warns_once_per_shape_and_is_still_minimized():
+    x = keras.Input((3,))
+    a, b = keras.layers.Dense(10, name="a")(x), keras.layers.Dense(10, name="b")(x)
+    model = keras.Model(x, keras.layers.Dense(3, name="head")(keras.layers.Concatenate()([a, b])))
+    regularizer = keras_ortho.OrthoRegularizer(1.0, mode="columns")
+    paths, messages = runtime_warnings(lambda: keras_ortho.regularize(model, regularizer))
+    assert len(paths) == 3
+    # 'a' and 'b' (3x10) cannot have orthonormal columns; the head (20x3) can. One shape, one warning.
+    assert len(messages) == 1 and "'a' (Dense): a 3x10 slice has more columns than rows" in messages[0]
+    _, again = runtime_warnings(lambda: model.losses)
+    assert again == []  # Keras collecting the loss does not warn again
+    kernel = to_numpy(model.get_layer("a").kernel).astype("float64")
+    residual = kernel.T @ kernel - np.eye(10)
+    assert to_numpy(model.losses[0]) == pytest.approx(np.abs(residual).sum(), rel=1e-5)
+
+
+def test_given_to_a_constructor_it_warns_when_keras_first_collects_its_loss():
+    regularizer = keras_ortho.OrthoRegularizer(mode="rows")
+    model, built = runtime_warnings(
+        lambda: keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, kernel_regularizer=regularizer)])
+    )
+    assert built == []
+    _, messages = runtime_warnings(lambda: model.losses)
+    assert len(messages) == 1 and "a 10x3 slice has more rows than columns" in messages[0]
+
+
 def test_a_keras_hub_backbone_warns_that_its_config_drops_the_regularizers(tmp_path):
     keras_hub = pytest.importorskip("keras_hub")  # the test extra installs it
     backbone = keras_hub.models.BertBackbone(
