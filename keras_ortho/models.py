@@ -246,7 +246,7 @@ def _check_sides(obj, kind, chosen):
         shown = ", ".join(refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
         raise ValueError(
             f"Argument `constraint`: OrthoConstraint(mode={obj.mode!r}) cannot apply to {len(refused)} of the "
-            f"chosen kernels: {shown}. Nothing was constrained. Use mode=\"auto\", which takes the side that "
+            f'chosen kernels: {shown}. Nothing was constrained. Use mode="auto", which takes the side that '
             "can be orthonormal, or leave them out with `exclude`."
         )
 
