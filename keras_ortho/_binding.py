@@ -118,17 +118,23 @@ def look_up_weight(x, owner, attribute):
 
 def _warn_unidentified(x, owner):
     shape = tuple(x.shape)
-    if shape not in owner._warned_shapes:
-        owner._warned_shapes.add(shape)
-        warnings.warn(
-            f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
-            "for a weight it could not identify (this Keras release calls regularizers "
-            "and constraints in a way keras_ortho does not know). It slices the tensor by the default "
-            "rule for its rank, not by its layer's rule (per head, per gate, per "
-            "channel); pass `slice_axis` to be explicit.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    warn_once(
+        owner,
+        shape,
+        f"{type(owner).__name__} was called with a tensor of shape {shape} that stands "
+        "for a weight it could not identify (this Keras release calls regularizers "
+        "and constraints in a way keras_ortho does not know). It slices the tensor by the default "
+        "rule for its rank, not by its layer's rule (per head, per gate, per "
+        "channel); pass `slice_axis` to be explicit.",
+        stacklevel=5,
+    )
+
+
+def warn_once(owner, key, message, stacklevel):
+    """A RuntimeWarning the first time `owner` (a regularizer or constraint) meets `key`, such as a shape."""
+    if key not in owner._warned_shapes:
+        owner._warned_shapes.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def is_recorded(variable):

@@ -15,7 +15,7 @@ import sys
 
 import keras
 
-try:  # Keras's own accessor; not exported, so its absence is handled (see `stateless_value`)
+try:  # Keras's own accessor; not exported, so its absence is handled (see `_stateless_scope`)
     from keras.src.backend.common.stateless_scope import get_stateless_scope
 except ImportError:  # pragma: no cover - depends on the Keras release
     get_stateless_scope = None
@@ -152,25 +152,21 @@ _DRIVER_MODULES = ("keras.", "keras_ortho.")
 _OWN_MODULE = "keras_ortho."
 
 
-def stateless_value(variable):
-    """The tensor Keras's stateless scope maps `variable` to now; None outside such a scope.
+def _stateless_scope():
+    """Keras's current stateless scope (`stateless_call`, JAX's `fit`), or None.
 
-    Inside `model.stateless_call` (and so JAX's `fit`) Keras calls a weight's
-    regularizer with that tensor instead of the variable, and the optimizer
-    calls a constraint with a tensor too. If Keras stopped exporting the scope
-    accessor, a bound weight would go unrecognised and be sliced by the
-    default rule, with a warning (tested).
+    Inside one, Keras calls a weight's regularizer with the tensor the scope
+    maps it to instead of the variable, and the optimizer calls a constraint
+    with a tensor too. If Keras stopped exporting the scope accessor, a bound
+    weight would go unrecognised and be sliced by the default rule, with a
+    warning (tested).
     """
-    scope = get_stateless_scope() if get_stateless_scope is not None else None
-    return None if scope is None else scope.get_current_value(variable)
+    return get_stateless_scope() if get_stateless_scope is not None else None
 
 
 def standing_for(x, variables):
-    """The one of `variables` that Keras's stateless scope maps to the tensor `x` itself; else None.
-
-    `stateless_value` for many variables, with the scope looked up once.
-    """
-    scope = get_stateless_scope() if get_stateless_scope is not None else None
+    """The one of `variables` that Keras's stateless scope maps to the tensor `x` itself; else None."""
+    scope = _stateless_scope()
     if scope is None:
         return None
     return next((v for v in variables if scope.get_current_value(v) is x), None)
@@ -178,7 +174,7 @@ def standing_for(x, variables):
 
 def in_stateless_scope():
     """Whether Keras is inside a stateless scope (`stateless_call`, JAX's `fit`)."""
-    return get_stateless_scope is not None and get_stateless_scope() is not None
+    return _stateless_scope() is not None
 
 
 def _first_caller(owner):
@@ -206,7 +202,7 @@ def calling_weight(x, owner, attribute):
     `(variable, None)` where no layer frame is in reach.
     """
     variable = x if isinstance(x, keras.Variable) else None
-    scope = get_stateless_scope() if get_stateless_scope is not None else None
+    scope = _stateless_scope()
     if variable is None and scope is None:
         return None, None
     frame = _first_caller(owner)

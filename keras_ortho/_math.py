@@ -182,8 +182,8 @@ def _times(phi, symmetric, mode, scale):
     return _backend.current().times_symmetric(phi, symmetric, mode, scale)
 
 
-def _entries(residual, reduction):
-    """1 for "sum", `1 / (k * k)` for "mean"."""
+def _reduction_weight(residual, reduction):
+    """What the summed norm is multiplied by: 1 for "sum", `1 / (k * k)` (one over the Gram's entries) for "mean"."""
     return 1.0 if reduction == "sum" else 1.0 / residual.shape[-1] ** 2
 
 
@@ -213,13 +213,13 @@ class _Entrywise:
     def forward(self, phi, mode, reduction, factor):
         residual = gram_residual(phi, mode)
         # One product by both constants, none where it is 1.
-        value = _times_factor(self.total(residual), factor * _entries(residual, reduction))
+        value = _times_factor(self.total(residual), factor * _reduction_weight(residual, reduction))
         # Last: the direction may be written over the residual.
         return value, self.direction(residual)
 
     def backward(self, phi, direction, mode, reduction, scale):
         # The scale goes into the product (no pass of its own on PyTorch).
-        return _times(phi, direction, mode, self.slope * _entries(direction, reduction) * scale)
+        return _times(phi, direction, mode, self.slope * _reduction_weight(direction, reduction) * scale)
 
 
 _L1 = _Entrywise(
@@ -429,7 +429,8 @@ class _OperatorNorm:
         return backend.reshape(backend.transpose(pairs, inverse), (slices, positions * block, positions * block))
 
     @staticmethod
-    def _entries(layout, reduction):
+    def _reduction_weight(layout, reduction):
+        """1 for "sum", one over the entries of a block row of the operator's Gram for "mean"."""
         return 1.0 if reduction == "sum" else 1.0 / (num_offsets(layout.grid) * layout.block**2)
 
     def values(self, phi, layout):
@@ -437,11 +438,11 @@ class _OperatorNorm:
 
     def forward(self, phi, layout, reduction, factor):
         residual = self._residual(phi, layout)
-        value = _times_factor(self.entrywise.total(residual), factor * self._entries(layout, reduction))
+        value = _times_factor(self.entrywise.total(residual), factor * self._reduction_weight(layout, reduction))
         return value, self.entrywise.direction(residual)
 
     def backward(self, phi, direction, layout, reduction, scale):
-        scale = self.entrywise.slope * self._entries(layout, reduction) * scale
+        scale = self.entrywise.slope * self._reduction_weight(layout, reduction) * scale
         return _times(phi, self._laid_back(direction, layout), "columns", scale)
 
 

@@ -19,13 +19,11 @@ from keras_ortho.regularizer import OrthoRegularizer
 
 
 class Watched(NamedTuple):
-    """A weight, the slicing options and norm asked for, and the resulting plan (a convolution's `OperatorPlan`
-    where its regularizer measures the operator)."""
+    """A weight, its path, how it is sliced (a convolution's `OperatorPlan` where its regularizer measures the
+    operator) and the norm it is measured by."""
 
     variable: object
     path: str
-    slice_axis: int | None
-    mode: str
     plan: SlicePlan | OperatorPlan
     norm: str = "l1"
 
@@ -63,7 +61,7 @@ def watch(variable, slice_axis=None, mode="auto", rule=None, path=None, norm="l1
         plan = ortho_ops.plan_weight(variable.shape, variable.dtype, slice_axis, mode, rule, operator)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot watch weight '{path}': {error}") from error
-    return Watched(variable, path, slice_axis, mode, plan, norm)
+    return Watched(variable, path, plan, norm)
 
 
 def ortho_regularizer_of(variable):

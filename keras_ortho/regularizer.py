@@ -1,7 +1,5 @@
 """`OrthoRegularizer`: the Keras adapter for `ortho_penalty`."""
 
-import warnings
-
 import keras
 
 from keras_ortho import _binding, _keras_compat, _validation, ops
@@ -122,10 +120,6 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
     def _warn_impossible(self, plan, variable, stacklevel=3):
         """Warns once per shape that no weight of `plan`'s shape can have the side the plan asks for."""
         operator = isinstance(plan, OperatorPlan)
-        key = (operator, plan.shape, plan.mode)
-        if key in self._warned_shapes:
-            return
-        self._warned_shapes.add(key)
         where = _binding.describe(variable) if variable is not None else f"a weight of shape {plan.shape}"
         if operator:
             message = (
@@ -139,7 +133,7 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
                 "penalty can never reach 0. It is still minimized, towards the nearest it can "
                 'reach; mode="auto" takes the side that can be orthonormal.'
             )
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+        _binding.warn_once(self, (operator, plan.shape, plan.mode), message, stacklevel=stacklevel)
 
     def _refuse_activations(self, x):
         layer = _keras_compat.activity_layer(self)

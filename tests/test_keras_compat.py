@@ -193,10 +193,12 @@ def test_a_bare_variable_finds_the_layer_that_holds_it():
 
 def test_a_stateless_scope_maps_a_variable_to_its_tensor():
     variable = keras.Variable(np.zeros((2, 2), "float32"))
-    assert not _keras_compat.in_stateless_scope() and _keras_compat.stateless_value(variable) is None
-    with keras.StatelessScope(state_mapping=[(variable, np.ones((2, 2), "float32"))]):
+    assert not _keras_compat.in_stateless_scope()
+    with keras.StatelessScope(state_mapping=[(variable, np.ones((2, 2), "float32"))]) as scope:
         assert _keras_compat.in_stateless_scope()
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(_keras_compat.stateless_value(variable)), 1.0)
+        mapped = scope.get_current_value(variable)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mapped), 1.0)
+        assert _keras_compat.standing_for(mapped, [variable]) is variable
 
 
 def test_stateless_call_passes_the_scope_tensor_itself():
@@ -205,7 +207,7 @@ def test_stateless_call_passes_the_scope_tensor_itself():
 
     class Same(keras.regularizers.Regularizer):
         def __call__(self, x):
-            seen.append(any(_keras_compat.stateless_value(v) is x for v in model.trainable_variables))
+            seen.append(_keras_compat.standing_for(x, model.trainable_variables) is not None)
             return keras.ops.sum(x) * 0.0
 
     inputs = keras.Input((3,))
@@ -316,6 +318,8 @@ def test_steps_run_ahead_of_python_unless_a_batch_hook_is_added():
 def test_the_tensor_a_scope_maps_a_variable_to_is_found_among_many():
     a, b = keras.Variable(np.zeros((2, 2), "float32")), keras.Variable(np.zeros((2, 2), "float32"))
     assert _keras_compat.standing_for(np.ones((2, 2)), [a, b]) is None  # no scope
-    with keras.StatelessScope(state_mapping=[(a, np.ones((2, 2), "float32")), (b, np.ones((2, 2), "float32"))]):
-        assert _keras_compat.standing_for(_keras_compat.stateless_value(b), [a, b]) is b
+    with keras.StatelessScope(
+        state_mapping=[(a, np.ones((2, 2), "float32")), (b, np.ones((2, 2), "float32"))]
+    ) as scope:
+        assert _keras_compat.standing_for(scope.get_current_value(b), [a, b]) is b
         assert _keras_compat.standing_for(np.ones((2, 2), "float32"), [a, b]) is None  # equal, not the same
