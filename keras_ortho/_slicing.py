@@ -89,6 +89,11 @@ class SlicePlan(NamedTuple):
     mode: str
 
     @property
+    def gram_size(self):
+        """Side of each Gram matrix: `cols` in columns mode, `rows` in rows mode (the benchmarks' yardsticks)."""
+        return self.cols if self.mode == "columns" else self.rows
+
+    @property
     def impossible(self):
         """Why no slice of this shape has the orthonormal side `mode` names, or None.
 
