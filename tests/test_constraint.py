@@ -52,7 +52,8 @@ def assert_polar_factors(model, name, before):
             np.testing.assert_allclose(slice_got, slice_expected, atol=2e-6, err_msg=v.path)
 
 
-@pytest.mark.parametrize("how", ["constructor", "constrain"])
+# `constrain` sets what the constructor does, through another path: the full suite takes it.
+@pytest.mark.parametrize("how", ["constructor", pytest.param("constrain", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_a_step_leaves_each_slice_of_each_layer_rule_orthonormal(name, how):
     model = build(name, how, keras_ortho.OrthoConstraint())
@@ -67,6 +68,7 @@ def test_a_step_leaves_each_slice_of_each_layer_rule_orthonormal(name, how):
         ["Conv2D(groups=2)", "DepthwiseConv2D", "LSTM", "MultiHeadAttention"], "DepthwiseConv2D"
     ),
 )
+@pytest.mark.slow
 def test_under_jit_compile(name):
     model = build(name, "constructor", keras_ortho.OrthoConstraint())
     before = {v.path: to_numpy(v).copy() for v in constrained(model)}

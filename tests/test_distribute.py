@@ -18,6 +18,9 @@ from keras_ortho import OrthoLogger, OrthoRegularizer
 
 tf_distribute = only_on("tensorflow", why="tf.distribute strategies are TensorFlow's")
 
+# Strategies, workers and mixed precision belong to the full suite (`pytest -m slow`).
+pytestmark = pytest.mark.slow
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -12,6 +12,9 @@ import re
 import pytest
 from backends import only_on, run_fresh
 
+# The documents' blocks belong to the full suite (`pytest -m slow`), not the default one.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ALONE = re.compile(r"# KERAS_BACKEND=(\w+)")

@@ -16,6 +16,9 @@ import zipfile
 import pytest
 from backends import only_on
 
+# The examples belong to the full suite (`pytest -m slow`), not the default one.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 

@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 from backends import BACKEND, only_on
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_check.py")
 
 
 @only_on("jax", "torch", why="the GPU machines have no TensorFlow, so the check runs on JAX and PyTorch")
+@pytest.mark.slow
 def test_gpu_check_passes_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.md"
     result = subprocess.run(

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
-pytestmark = only_on("jax", why="keras.distribution is implemented for JAX only")
+# Distribution belongs to the full suite (`pytest -m slow`), not the default one.
+pytestmark = [pytest.mark.slow, only_on("jax", why="keras.distribution is implemented for JAX only")]
 
 
 def run_on_four_devices(script, *args):

@@ -218,7 +218,8 @@ def rule_of(name, variable):
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")  # biases: the penalty is the only loss
-@pytest.mark.parametrize("how", ["constructor", "regularize"])
+# `regularize` sets what the constructor does, through another path: the full suite takes it.
+@pytest.mark.parametrize("how", ["constructor", pytest.param("regularize", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_fit_steps_each_kernel_by_its_layer_rule(name, how):
     model = build(name, how)
@@ -309,6 +310,7 @@ def test_fit_with_jit_compile_steps_each_kernel_by_its_layer_rule(name):
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
 @pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.slow
 def test_logger_and_report_count_the_slices_of_each_layer_rule(name):
     from keras_ortho import report
 

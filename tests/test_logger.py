@@ -221,7 +221,7 @@ def test_initial_epoch_and_validation_data():
     assert "val_loss" in history.history and f"ortho/{REGULARIZED[0]}" in history.history
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_records_under_both_jit_settings(jit_compile):
     model = attention_model()
     model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
@@ -253,6 +253,7 @@ def test_backup_and_restore_resume_keeps_one_row_per_epoch(tmp_path):
 
 
 @only_on("tensorflow", why="tf.distribute.MirroredStrategy is TensorFlow's")
+@pytest.mark.slow
 def test_mirrored_strategy_records_the_replicated_weights(mirrored):
     with mirrored.scope():
         model = attention_model()

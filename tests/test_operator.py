@@ -36,6 +36,13 @@ CASES = {
     "conv2d_transpose": ("Conv2DTranspose", {"filters": 2, "kernel_size": 3, "strides": 2}, 3),
 }
 ZERO_PADDED = [c for c in CASES if "transpose" not in c]
+# The default suite sweeps these (strides with groups, blocks summed by a product, the adjoint); the full
+# suite (`pytest -m slow`) sweeps every geometry.
+DECISIVE = ("conv2d_groups", "conv1d_wide", "conv2d_transpose")
+
+
+def sweep(cases):
+    return [pytest.param(c, marks=() if c in DECISIVE else pytest.mark.slow) for c in cases]
 
 
 def make(case, dtype="float64", seed=0):
@@ -100,7 +107,7 @@ def test_the_reference_matrix_is_what_the_keras_layer_computes():
 
 @pytest.mark.parametrize("norm", ["l1", "fro"])
 @pytest.mark.parametrize("mode", ["rows", "columns"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", sweep(CASES))
 def test_the_penalty_is_the_circular_operators_gram_minus_identity_per_position(case, mode, norm):
     layer = make(case)
     sizes, positions = circular_sizes(layer)
@@ -111,7 +118,7 @@ def test_the_penalty_is_the_circular_operators_gram_minus_identity_per_position(
 
 
 @pytest.mark.parametrize("mode", ["rows", "columns"])
-@pytest.mark.parametrize("case", ZERO_PADDED)
+@pytest.mark.parametrize("case", sweep(ZERO_PADDED))
 def test_the_penalty_is_one_block_row_of_the_zero_padded_gram_away_from_the_border(case, mode):
     layer = make(case)
     strides = layer.strides
@@ -136,7 +143,7 @@ def test_the_penalty_is_one_block_row_of_the_zero_padded_gram_away_from_the_bord
 
 @pytest.mark.filterwarnings("ignore:OrthoRegularizer.operator=True. on weight")  # conv2d_k1_s2 cannot be orthogonal
 @pytest.mark.parametrize("norm", ["l1", "fro"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", sweep(CASES))
 def test_the_gradient_is_the_reference_penalty_s_central_differences(case, norm):
     layer = make(case)
     sizes, positions = circular_sizes(layer)
@@ -159,7 +166,7 @@ def test_the_gradient_is_the_reference_penalty_s_central_differences(case, norm)
     np.testing.assert_allclose(autodiff, numeric, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("case", ["conv2d_groups", "depthwise2d", "conv2d_transpose"])
+@pytest.mark.parametrize("case", sweep(["conv2d_groups", "depthwise2d", "conv2d_transpose"]))
 def test_float32_agrees_with_the_float64_reference(case):
     layer = make(case, dtype="float32")
     sizes, positions = circular_sizes(layer)

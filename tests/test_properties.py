@@ -1,6 +1,7 @@
 """Property: for any weight of rank 2 to 5, slice axis and mode, value and gradient match the reference."""
 
 import numpy as np
+import pytest
 import reference
 from backends import value_and_grad
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ def weights_and_options(draw):
     return w, slice_axis, mode
 
 
+@pytest.mark.slow  # 60 random weights: a sweep, for the full suite
 @settings(max_examples=60, deadline=None)
 @given(weights_and_options(), st.floats(0.0, 3.0))
 def test_value_and_gradient_match_the_reference(case, factor):

@@ -25,6 +25,9 @@ from backends import BACKEND, to_numpy
 import keras_ortho
 from keras_ortho import ops as ortho_ops
 
+# The real-model sweeps belong to the full suite (`pytest -m slow`), not the default one.
+pytestmark = pytest.mark.slow
+
 L = keras.layers
 
 APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())

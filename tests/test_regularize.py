@@ -225,6 +225,7 @@ def test_persists_through_saving(tmp_path, form):
     assert penalty(loaded) == pytest.approx(penalty(model), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_per_channel_depthwise_kernels():
     model = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10)
     paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4))

@@ -192,6 +192,7 @@ def custom_model(tmp_path_factory):
     return model, directory
 
 
+@pytest.mark.slow
 def test_custom_layers_load_after_import_and_the_table_is_all_there_is(custom_model):
     model, directory = custom_model
     without = run_cli("report", "custom.keras", cwd=directory)

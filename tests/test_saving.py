@@ -172,6 +172,7 @@ SERVE_SAVED_MODEL = textwrap.dedent(
 
 
 @only_on("tensorflow", why="model.export writes a TensorFlow SavedModel; on JAX it needs TensorFlow's jax2tf")
+@pytest.mark.slow
 def test_exported_saved_model_serves_the_same(tmp_path):
     model = mixed_layers_model()
     inputs = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype("float32")
@@ -225,6 +226,7 @@ LOAD_ON_BACKEND = textwrap.dedent(
         if target != BACKEND  # a fresh process on this backend: the `saved` fixture and the round-trip tests
     ],
 )
+@pytest.mark.slow
 def test_keras_archive_loads_on_every_backend(saved, tmp_path, target):
     """Saved on this backend, loaded on each other one: same configs, predictions and penalty."""
     model, inputs, directory, _ = saved
@@ -336,6 +338,7 @@ RESUME_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_resume_with_backup_and_restore_matches_uninterrupted_training(tmp_path):
     run_fresh(RESUME_SCRIPT, tmp_path, TESTS_DIR)
     uninterrupted = np.load(tmp_path / "uninterrupted.npz")

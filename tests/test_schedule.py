@@ -145,6 +145,7 @@ def test_each_epoch_moves_the_kernel_by_the_scaled_analytic_gradient(compile_kwa
 
 
 @only_on("tensorflow", why="MirroredStrategy is tf.distribute")
+@pytest.mark.slow
 def test_the_scale_acts_under_mirrored_strategy(mirrored):
     with mirrored.scope():
         model, layer = penalty_only_model()
@@ -160,6 +161,7 @@ def test_the_scale_acts_under_mirrored_strategy(mirrored):
 
 @only_on("tensorflow", why="MirroredStrategy is tf.distribute")
 @pytest.mark.parametrize("callback", ["schedule", "target"])
+@pytest.mark.slow
 def test_schedule_and_target_under_mirrored_strategy_train_like_one_device(callback, mirrored):
     """Two replicas, each with half of every batch: the same scales and kernel as one device."""
     callbacks = {
@@ -557,6 +559,7 @@ FRESH_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_mid_schedule_checkpoint_loads_in_a_fresh_process_without_the_callback(tmp_path):
     model = mixed_layers_model()
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
@@ -626,6 +629,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("kind", ["schedule", "target"])
+@pytest.mark.slow
 def test_resume_with_backup_and_restore_continues_the_scale_trajectory(tmp_path, kind):
     run_fresh(RESUME_SCRIPT, tmp_path, kind, TESTS_DIR)
     uninterrupted = np.load(tmp_path / "uninterrupted.npz")

@@ -13,7 +13,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from backends import only_on
+
+# The wheel's build belongs to the full suite (`pytest -m slow`), not the default one.
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
