@@ -521,11 +521,13 @@ def test_target_steers_the_max_over_slices_when_asked():
 
 def test_a_second_fit_with_the_same_target_goes_on_from_its_scale():
     model, layer, x, y = conflicting_regression()
-    controller = keras_ortho.OrthoTarget(2.0)
+    target, rate, low, high = 2.0, 0.5, 1e-3, 1e3
+    controller = keras_ortho.OrthoTarget(target, rate=rate, min_scale=low, max_scale=high)
     first = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[controller])
     error = reference.slice_errors(to_numpy(layer.kernel)).mean()
     second = model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[controller])
-    expected = controller.next_scale(first.history["ortho/scale"][-1], error)
+    # The update law, written out: clip(scale * (error / target) ** rate, min_scale, max_scale).
+    expected = np.clip(first.history["ortho/scale"][-1] * (error / target) ** rate, low, high)
     np.testing.assert_allclose(second.history["ortho/scale"][0], expected, rtol=1e-5)
 
 
