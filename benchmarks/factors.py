@@ -1,14 +1,15 @@
-"""How large the penalty starts on real models, against their data loss, per reduction.
+"""How large the penalty starts on real models, against their data loss; the factor `starting_factor` gives.
 
-    python benchmarks/factors.py            # ResNet50, EfficientNetB0, ConvNeXtTiny, a small BERT
+    python benchmarks/factors.py            # 8 models: keras.applications and keras-hub backbones
     python benchmarks/factors.py --quick    # one small model: checks the script runs
 
 For each model (random initial weights, 10 classes, random inputs and labels)
-it reports the initial data loss and `sum(model.losses)` with every kernel
-regularized by `OrthoRegularizer(1.0, reduction=r)` for `r` in "sum" and
-"mean"; the penalty at another factor is that number times the factor (the
-penalty is linear in it). Writes `results/factors.md` and `.json`. These are
-values, not timings: they do not depend on the machine.
+it reports the initial data loss and, as a share of it, the penalty of the
+kernels `regularize` takes: with "sum" at 1e-3, with "mean" at 1e-2 (also with
+the single-vector kernels it leaves out taken), and with the factor that
+`keras_ortho.starting_factor` gives for a 1% share, read back from
+`model.losses` after `regularize`. Writes `results/factors.md` and `.json`.
+These are values, not timings: they do not depend on the machine.
 """
 
 import argparse
@@ -25,7 +26,6 @@ import keras_ortho  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 CLASSES = 10
-FACTORS = (1e-4, 1e-3, 1e-2)
 
 
 def image_model(constructor, preprocess=None, size=32):
@@ -61,56 +61,108 @@ def bert():
     return model, x
 
 
+def sequence_model(backbone, inputs, x):
+    """A keras-hub backbone's sequence output, averaged over positions, into a 10-class head."""
+    pooled = keras.layers.GlobalAveragePooling1D()(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(pooled)), x
+
+
+def llama():
+    import keras_hub
+
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=1000,
+        num_layers=4,
+        num_query_heads=8,
+        num_key_value_heads=2,  # grouped-query attention
+        hidden_dim=256,
+        intermediate_dim=512,
+    )
+    inputs = {"token_ids": keras.Input((64,), dtype="int32"), "padding_mask": keras.Input((64,), dtype="int32")}
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 1000, size=(16, 64)).astype("int32"), "padding_mask": np.ones((16, 64), "int32")}
+    return sequence_model(backbone, inputs, x)
+
+
+def vit():
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=4, num_layers=4, num_heads=4, hidden_dim=256, mlp_dim=512
+    )
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(backbone(inputs)[:, 0])  # the class token
+    x = np.random.default_rng(0).uniform(0, 1, size=(16, 32, 32, 3)).astype("float32")
+    return keras.Model(inputs, outputs), x
+
+
 MODELS = {
     "ResNet50": image_model(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
     "EfficientNetB0": image_model(keras.applications.EfficientNetB0),
+    "EfficientNetV2B0": image_model(keras.applications.EfficientNetV2B0),
+    "MobileNetV2": image_model(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
     "ConvNeXtTiny": image_model(keras.applications.ConvNeXtTiny),
     "BERT (4 layers, 256 wide)": bert,
+    "Llama (4 layers, 8 query heads, 2 key-value heads)": llama,
+    "ViT (4 layers, 256 wide)": vit,
 }
 QUICK = {"MobileNetV3Small": image_model(keras.applications.MobileNetV3Small)}
+# The starting factor's share of the data loss.
+SHARE = 0.01
 
 
-# Kernels read one matrix per channel (Grams of side 1, where the mean is the sum).
-PER_CHANNEL = {"EfficientNetB0": "*dwconv*", "ConvNeXtTiny": "*depthwise_conv*", "MobileNetV3Small": "*depthwise*"}
-
-
-def penalty(model, regularizer, exclude=None):
-    """`(kernels regularized, sum(model.losses))` with `regularizer` on the kernels."""
-    keras_ortho.regularize(model, None)
-    count = len(keras_ortho.regularize(model, regularizer, exclude=exclude))
+def penalty(model, regularizer, include=None):
+    """`(kernels regularized, sum(model.losses))` with `regularizer` on the kernels `regularize` takes."""
+    keras_ortho.regularize(model, None, include="*")
+    count = len(keras_ortho.regularize(model, regularizer, include=include))
     return count, float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
 
 
-def measure(name, build):
+def measure(build):
     keras.utils.set_random_seed(0)
     model, x = build()
     labels = np.random.default_rng(1).integers(0, CLASSES, size=16)
     probabilities = model.predict(x, verbose=0)
-    row = {"data_loss": float(np.mean(-np.log(probabilities[np.arange(16), labels])))}
-    for reduction in ("sum", "mean"):
-        row["kernels"], row[reduction] = penalty(model, keras_ortho.OrthoRegularizer(1.0, reduction=reduction))
-    pattern = PER_CHANNEL.get(name)
-    row["per_channel"] = 0
-    row["mean_without_per_channel"] = row["mean"]
-    if pattern is not None:
-        kept, row["mean_without_per_channel"] = penalty(
-            model, keras_ortho.OrthoRegularizer(1.0, reduction="mean"), exclude=pattern
-        )
-        row["per_channel"] = row["kernels"] - kept
+    data_loss = float(np.mean(-np.log(probabilities[np.arange(16), labels])))
+    row = {"data_loss": data_loss}
+    row["kernels"], row["sum"] = penalty(model, keras_ortho.OrthoRegularizer(1.0))
+    _, row["mean"] = penalty(model, keras_ortho.OrthoRegularizer(1.0, reduction="mean"))
+    every, row["mean_every_kernel"] = penalty(model, keras_ortho.OrthoRegularizer(1.0, reduction="mean"), include="*")
+    row["single_vectors"] = every - row["kernels"]
+    row["starting_factor"] = keras_ortho.starting_factor(
+        model, keras_ortho.OrthoRegularizer(reduction="mean"), data_loss, share=SHARE
+    )
+    _, row["starting_penalty"] = penalty(model, keras_ortho.OrthoRegularizer(row["starting_factor"], reduction="mean"))
     return row
 
 
+def share(value, row):
+    return f"{100 * value / row['data_loss']:.3g}%"
+
+
 def table(rows):
-    head = (
-        ["model", "kernels (per channel)", "data loss"]
-        + [f"{r} x {f:g}" for r in ("sum", "mean") for f in FACTORS]
-        + [f"mean x {FACTORS[-1]:g}, per-channel kernels excluded"]
-    )
+    head = [
+        "model",
+        "kernels (single vectors left out)",
+        "data loss",
+        "sum x 1e-3",
+        "mean x 1e-2, every kernel",
+        "mean x 1e-2",
+        f"starting_factor (mean, share {SHARE:g})",
+        "its penalty",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
-        cells = [name, f"{row['kernels']} ({row['per_channel']})", f"{row['data_loss']:.2f}"]
-        cells += [f"{row[r] * f:.3g}" for r in ("sum", "mean") for f in FACTORS]
-        cells += [f"{row['mean_without_per_channel'] * FACTORS[-1]:.3g}"]
+        cells = [
+            name,
+            f"{row['kernels']} ({row['single_vectors']})",
+            f"{row['data_loss']:.2f}",
+            share(1e-3 * row["sum"], row),
+            share(1e-2 * row["mean_every_kernel"], row),
+            share(1e-2 * row["mean"], row),
+            f"{row['starting_factor']:.2g}",
+            share(row["starting_penalty"], row),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,11 +172,13 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
     args = parser.parse_args()
-    rows = {name: measure(name, build) for name, build in (QUICK if args.quick else MODELS).items()}
+    rows = {name: measure(build) for name, build in (QUICK if args.quick else MODELS).items()}
     text = (
-        "Initial penalty (every kernel regularized) against the initial data loss "
-        f"(cross-entropy, {CLASSES} classes, random inputs in each model's input range; 32x32 images), "
-        f"Keras {keras.__version__} on {keras.backend.backend()}.\n\n" + table(rows) + "\n"
+        "The initial penalty as a share of the initial data loss (cross-entropy, "
+        f"{CLASSES} classes, random inputs in each model's input range; 32x32 images, sequences of 64), "
+        "on the kernels `regularize` takes by default, and with its single-vector kernels "
+        f"(per-channel filters, one-unit heads) as well; Keras {keras.__version__} on "
+        f"{keras.backend.backend()}.\n\n" + table(rows) + "\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "factors_quick" if args.quick else "factors"

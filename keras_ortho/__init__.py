@@ -7,7 +7,7 @@ The package, room by room. What users call:
     constraint.py    OrthoConstraint, the Keras adapter of the projection
     ops.py           slice_errors, ortho_penalty, ortho_gradient (as keras.ops)
     conv.py          conv_singular_values: each convolution's operator, by its singular values
-    models.py        regularize, constrain: keras_ortho on a model that exists
+    models.py        regularize, constrain, starting_factor: keras_ortho on a model that exists
     logger.py        OrthoLogger;  schedule.py, target.py: OrthoSchedule, OrthoTarget
     plotting.py      plot_errors;  report.py, _command.py: the `keras-ortho` command
 Beneath them:
@@ -41,6 +41,7 @@ __all__ = [
     "plot_errors",
     "regularize",
     "slice_errors",
+    "starting_factor",
 ]
 
 
@@ -49,7 +50,7 @@ if not running_as_command():
     from keras_ortho.constraint import OrthoConstraint
     from keras_ortho.conv import conv_singular_values
     from keras_ortho.logger import OrthoLogger
-    from keras_ortho.models import constrain, regularize
+    from keras_ortho.models import constrain, regularize, starting_factor
     from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
     from keras_ortho.plotting import plot_errors
     from keras_ortho.regularizer import OrthoRegularizer

@@ -5,7 +5,7 @@ callback's `set_model`, the report), `assign_rules` records each weight's
 rule (`_rules.rule_for`) on the weight itself and binds the weight to its
 keras_ortho regularizer and constraint. They then know it again with no
 lookup, also when Keras hands them a bare tensor that stands for it (JAX's
-`fit`, `stateless_call`): `known_weight`. Only a regularizer given to a
+`fit`, `stateless_call`): `weight_if_known`. Only a regularizer given to a
 layer's constructor, before any of those has met the model, looks once at
 Keras's calling frames (`weight_behind`).
 """
@@ -16,7 +16,7 @@ import weakref
 import keras
 
 from keras_ortho import _keras_compat
-from keras_ortho._rules import layers_of, own_layer_weights, rule_for
+from keras_ortho._rules import layers_of, own_every_weight, rule_for
 
 _RULE = "_keras_ortho_rule"
 _OWNER = "_keras_ortho_owner"
@@ -29,7 +29,7 @@ def assign_rules(root):
     """Records on each weight inside `root` its rule and its layer, and binds it (`bind`)."""
     for layer in layers_of(root):
         # Every weight, frozen or not: a frozen layer's kernel is still measured.
-        for variable in own_layer_weights(layer):
+        for variable in own_every_weight(layer):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
             bind(variable)
@@ -76,7 +76,7 @@ class BoundWeights:
         return BoundWeights, ()
 
 
-def known_weight(x, owner):
+def weight_if_known(x, owner):
     """`(variable, rule)` if `x` is a recorded variable or stands for one bound to `owner`, else None.
 
     No lookup: what every call does once keras_ortho has met the model.
@@ -92,7 +92,7 @@ def weight_behind(x, owner, attribute):
 
     `owner` is the regularizer (or constraint) Keras called with `x`, and
     `attribute` the variable's attribute that holds it ("regularizer",
-    "constraint"). What `known_weight` knows is returned at once. Otherwise
+    "constraint"). What `weight_if_known` knows is returned at once. Otherwise
     (the constructor path: nothing of keras_ortho has met the model yet)
     Keras's calling frames tell the variable and the layer asking
     (`_keras_compat.calling_weight`), whose model then has its rules recorded
@@ -100,12 +100,12 @@ def weight_behind(x, owner, attribute):
     cannot be identified, a warning names the shape instead of slicing it
     silently by the default rule. `(None, None)` for a tensor of the user's own.
     """
-    known = known_weight(x, owner)
-    return known if known is not None else look_up_weight(x, owner, attribute)
+    known = weight_if_known(x, owner)
+    return known if known is not None else weight_from_frames(x, owner, attribute)
 
 
-def look_up_weight(x, owner, attribute):
-    """`weight_behind` for what `known_weight` does not know: the frame lookup, once per weight."""
+def weight_from_frames(x, owner, attribute):
+    """`weight_behind` for what `weight_if_known` does not know: the frame lookup, once per weight."""
     variable, caller = _keras_compat.calling_weight(x, owner, attribute)
     if variable is None:
         if _keras_compat.in_stateless_scope() or _keras_compat.get_stateless_scope is None:

@@ -116,6 +116,11 @@ class OperatorPlan(NamedTuple):
     def cols(self):
         return math.prod(self.grid) * self.block
 
+    @property
+    def single_vectors(self):
+        """Whether the operator is a 1x1 kernel's single vector per group: no offset, a block of side 1."""
+        return self.block == 1 and math.prod(self.grid) == 1
+
 
 def plan_operator(shape, geometry, mode="auto"):
     """Plans the operator view of a convolution kernel (`OperatorPlan`).

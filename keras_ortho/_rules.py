@@ -114,19 +114,19 @@ kernel_attribute = _keras_compat.kernel_attribute
 layers_of = _keras_compat.all_layers
 
 
-def own_weights(layer):
+def own_trainable_weights(layer):
     """The layer's own trainable weights (not its sublayers')."""
     return _keras_compat.own_trainable_variables(layer) if layer.trainable else []
 
 
-def own_layer_weights(layer):
+def own_every_weight(layer):
     """Every weight the layer holds itself (not its sublayers'), trainable or not."""
     return _keras_compat.own_trainable_variables(layer) + _keras_compat.own_non_trainable_variables(layer)
 
 
-def own_variables(layer):
+def own_weights_if_trainable(layer):
     """All the own weights of a trainable layer, frozen ones too (LoRA's kernel, int8 kernels)."""
-    return own_layer_weights(layer) if layer.trainable else []
+    return own_every_weight(layer) if layer.trainable else []
 
 
 def weight_names(root):
@@ -143,7 +143,7 @@ def weight_names(root):
     names = {}
 
     def visit(layer, prefix):
-        for variable in own_layer_weights(layer):
+        for variable in own_every_weight(layer):
             names.setdefault(id(variable), prefix + variable.name)
         for child in _keras_compat.sublayers(layer):
             visit(child, f"{prefix}{child.name}/")

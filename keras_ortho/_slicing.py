@@ -94,6 +94,11 @@ class SlicePlan(NamedTuple):
         return self.cols if self.mode == "columns" else self.rows
 
     @property
+    def single_vectors(self):
+        """Whether each slice is one vector (a Gram of side 1, `|v^T v - 1|`): only a norm, no angle to measure."""
+        return self.gram_size == 1
+
+    @property
     def impossible(self):
         """Why no slice of this shape has the orthonormal side `mode` names, or None.
 

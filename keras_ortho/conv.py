@@ -119,7 +119,7 @@ def convolution_kernels(model):
     names = _rules.weight_names(model)
     found = []
     for layer in _rules.layers_of(model):
-        for variable in _rules.own_layer_weights(layer):
+        for variable in _rules.own_every_weight(layer):
             role = _rules.kernel_attribute(layer, variable)
             geometry = None if role is None else _rules.conv_geometry(layer, role[0])
             if geometry is not None:

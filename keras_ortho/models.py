@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from keras_ortho import _binding, _keras_compat, _rules, _watch, ops
+from keras_ortho import _binding, _keras_compat, _rules, _validation, _watch, ops
 from keras_ortho.constraint import OrthoConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
-__all__ = ["constrain", "regularize"]
+__all__ = ["constrain", "regularize", "starting_factor"]
 
 # `include`/`exclude`: a glob pattern over weight paths, a list of them, or a callable `variable -> bool`.
 Selection = str | Sequence[str] | Callable[[keras.Variable], bool]
@@ -68,6 +68,15 @@ def regularize(
     integers (`int8`, `int4`: no floating-point weight to train); a
     `float8`-quantized layer keeps a trainable float kernel and is taken.
 
+    Unless `include` names them, kernels whose slices are single vectors are
+    left out: a depthwise convolution's per-channel filters (with
+    `depth_multiplier=1`), a one-unit Dense layer. The Gram of one vector is
+    its squared norm, so the penalty there only pulls each filter's norm to 1,
+    and with a term per channel it can outweigh every other kernel: on
+    EfficientNetB0 the 16 depthwise kernels held 90 of a penalty of 91
+    (`benchmarks/results/factors.md`). As operators (`operator=True`) the
+    same filters are taken: their shifts make them more than one vector.
+
     The regularizer is set on each weight (so `model.losses` includes it at
     once) and on its layer's regularizer argument (so `model.save`, `.h5` and
     `to_json` carry it for every core Keras layer). Keras's cached train and
@@ -79,7 +88,7 @@ def regularize(
         model: a built Keras model or layer.
         regularizer: an `OrthoRegularizer`, or None to remove keras_ortho's
             regularizers from the matched kernels (others are left as they are).
-        include: None (every kernel), a glob pattern over the weights' paths
+        include: None (every kernel but single vectors), a glob pattern over the weights' paths
             inside the model (`"*attention*"`; Keras's `variable.path` is
             matched too), a list of them, or a callable `variable -> bool`.
         exclude: the same form; matched kernels are left out.
@@ -149,39 +158,90 @@ def constrain(
     return _put(model, constraint, _CONSTRAINT, include, exclude)
 
 
+def starting_factor(
+    model: keras.layers.Layer,
+    regularizer: OrthoRegularizer,
+    data_loss: float,
+    share: float = 0.01,
+    include: Selection | None = None,
+    exclude: Selection | None = None,
+) -> float:
+    """The factor at which `regularize(model, regularizer, include, exclude)` starts at `share` of `data_loss`.
+
+    The penalty is linear in its factor, so
+
+        factor = share * data_loss / P_1
+
+    where `P_1` is the penalty of the kernels `regularize` would choose,
+    with `regularizer`'s norm, mode, reduction and operator at factor 1, at
+    the model's current weights. No single factor suits every model: at
+    `OrthoRegularizer(1e-2, reduction="mean")` the penalty starts at 0.4% of
+    the data loss on ResNet50 and at 40% on EfficientNetB0, whose
+    initializer gives its squeeze-and-excite kernels columns of norm 7
+    (`benchmarks/results/factors.md`). The default `share`, 1%, is the
+    geometric middle of 0.1% and 10%: the data's gradient leads, and the
+    penalty is still felt. Tune from there as for any factor (a validation
+    sweep over decades). Nothing is set on the model.
+
+    Args:
+        model: a built Keras model or layer.
+        regularizer: an `OrthoRegularizer`; its own factor is not used.
+        data_loss: the data loss at the start, without the penalty: a finite
+            number > 0, such as `model.evaluate(x, y)` before `regularize`.
+        share: the fraction of `data_loss` the penalty should start at, > 0.
+        include: as for `regularize`.
+        exclude: as for `regularize`.
+
+    Returns:
+        float: the factor for `OrthoRegularizer(factor, ...)` with the other
+            arguments of `regularizer`.
+
+    Raises:
+        TypeError: for a `model` that is not a Keras layer, a `regularizer`
+            that is not an OrthoRegularizer, a `data_loss` or `share` that is
+            not a real number, or a bad pattern.
+        ValueError: for a model that is not built, a `data_loss` or `share`
+            that is not finite and > 0, no kernel chosen, or kernels already
+            orthonormal (a penalty of 0, which no factor scales).
+
+    Examples:
+
+        >>> import keras, keras_ortho
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(2, name="head")]
+        ... )
+        >>> regularizer = keras_ortho.OrthoRegularizer(reduction="mean")
+        >>> factor = keras_ortho.starting_factor(model, regularizer, data_loss=0.7)
+        >>> keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(factor, reduction="mean"))
+        ['hidden/kernel', 'head/kernel']
+        >>> round(float(sum(model.losses)) / 0.7, 4)
+        0.01
+    """
+    if regularizer is None or not isinstance(regularizer, OrthoRegularizer):
+        raise TypeError(f"Argument `regularizer` must be an OrthoRegularizer. Received: regularizer={regularizer!r}")
+    data_loss = _validation.check_non_negative("data_loss", data_loss, positive=True)
+    share = _validation.check_non_negative("share", share, positive=True)
+    chosen, _, _ = _choose(model, regularizer, _REGULARIZER, include, exclude)
+    if not chosen:
+        raise ValueError(
+            f"Argument `model`: no kernel of '{model.name}' is left by include={include!r}, exclude={exclude!r}, "
+            "so there is no penalty to scale."
+        )
+    unit = OrthoRegularizer.from_config({**regularizer.get_config(), "factor": 1.0})
+    penalty = sum(float(keras.ops.convert_to_numpy(unit(variable))) for _, variable, _, _ in chosen)
+    if penalty == 0:
+        raise ValueError(
+            f"Argument `model`: the {len(chosen)} chosen kernels of '{model.name}' are orthonormal already "
+            "(a penalty of 0), so no factor starts it at a share of the data loss. Choose the factor directly."
+        )
+    return share * data_loss / penalty
+
+
 def _put(model, obj, kind, include, exclude):
     """`regularize` and `constrain`: `obj` (of `kind`) on the matched kernels; their paths."""
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
     name = kind.attribute
-    if obj is not None and not isinstance(obj, kind.cls):
-        raise TypeError(
-            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. Received: {name}={obj!r}"
-        )
     include_arg, exclude_arg = include, exclude
-    include = _matcher("include", include)
-    exclude = _matcher("exclude", exclude)
-    if not model.built:
-        raise ValueError(
-            f"Argument `model`: '{model.name}' is not built, so it has no weights yet. "
-            "Build it first (call it on data, or `model.build(input_shape)`)."
-        )
-
-    _binding.assign_rules(model)
-    names = _rules.weight_names(model)
-    chosen, frozen = [], []
-    for layer, variable, role in _kernels(model):
-        path = names[id(variable)]
-        if not _can_train(variable):
-            reason = _why_frozen(layer)
-            if reason is not None and obj is not None:
-                frozen.append(f"'{path}' ({reason})")
-            continue
-        if (include is not None and not include(variable, path)) or (exclude is not None and exclude(variable, path)):
-            continue
-        if obj is None and kind.of(variable) is None:
-            continue
-        chosen.append((layer, variable, role, path))
+    chosen, frozen, vectors = _choose(model, obj, kind, include, exclude)
     if obj is not None:
         _check_sides(obj, kind, chosen)  # before anything is set
 
@@ -211,9 +271,75 @@ def _put(model, obj, kind, include, exclude):
             UserWarning,
             stacklevel=3,
         )
+    elif not paths and vectors:
+        warnings.warn(
+            f"{kind.verb}: every kernel of '{model.name}' left is a stack of single vectors "
+            f"({_shown(vectors)}), so nothing was {kind.past}: one vector's Gram is only its squared "
+            "norm. Name them in `include` to take them anyway.",
+            UserWarning,
+            stacklevel=3,
+        )
     elif paths and obj is not None:
         _warn_if_configs_drop(model, paths, kind)
     return paths
+
+
+def _choose(model, obj, kind, include, exclude):
+    """`([(layer, variable, role, path)], frozen, vectors)`: the kernels `_put` would set `obj` (of `kind`) on.
+
+    Checks the arguments and records every weight's rule first. `frozen`
+    names, with the reason, the kernels left out that a user would expect to
+    train (LoRA, integer quantization). With `include=None`, a kernel whose
+    slices `obj` reads as single vectors is left out (see `regularize`), and
+    its path is in `vectors`; an `include` takes what it matches.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
+    name = kind.attribute
+    if obj is not None and not isinstance(obj, kind.cls):
+        raise TypeError(
+            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. Received: {name}={obj!r}"
+        )
+    include_all = include is None
+    include = _matcher("include", include)
+    exclude = _matcher("exclude", exclude)
+    if not model.built:
+        raise ValueError(
+            f"Argument `model`: '{model.name}' is not built, so it has no weights yet. "
+            "Build it first (call it on data, or `model.build(input_shape)`)."
+        )
+
+    _binding.assign_rules(model)
+    names = _rules.weight_names(model)
+    chosen, frozen, vectors = [], [], []
+    for layer, variable, role in _kernels(model):
+        path = names[id(variable)]
+        if not _can_train(variable):
+            reason = _why_frozen(layer)
+            if reason is not None and obj is not None:
+                frozen.append(f"'{path}' ({reason})")
+            continue
+        if (include is not None and not include(variable, path)) or (exclude is not None and exclude(variable, path)):
+            continue
+        if obj is None and kind.of(variable) is None:
+            continue
+        if obj is not None and include_all and _plan(obj, variable).single_vectors:
+            vectors.append(path)
+            continue
+        chosen.append((layer, variable, role, path))
+    return chosen, frozen, vectors
+
+
+def _plan(obj, variable):
+    """How `obj` slices `variable`: its `SlicePlan`, or an `OperatorPlan`."""
+    return ops.plan_weight(
+        variable.shape,
+        variable.dtype,
+        obj.slice_axis,
+        obj.mode,
+        _binding.known_rule(variable),
+        getattr(obj, "operator", False),
+    )
 
 
 def _check_sides(obj, kind, chosen):
@@ -228,14 +354,7 @@ def _check_sides(obj, kind, chosen):
     """
     refused = []
     for _, variable, _, path in chosen:
-        plan = ops.plan_weight(
-            variable.shape,
-            variable.dtype,
-            obj.slice_axis,
-            obj.mode,
-            _binding.known_rule(variable),
-            getattr(obj, "operator", False),
-        )
+        plan = _plan(obj, variable)
         if plan.impossible is None:
             continue
         if kind is _CONSTRAINT:
@@ -293,7 +412,7 @@ def _share_kernel_arguments(model, kind):
         found = {
             id(getattr(v, kind.attribute)): getattr(v, kind.attribute)
             for sublayer in _rules.layers_of(layer)[1:]
-            for v in _rules.own_weights(sublayer)
+            for v in _rules.own_trainable_weights(sublayer)
             if _rules.kernel_attribute(sublayer, v) is not None
         }
         if len(found) == 1:
@@ -316,7 +435,7 @@ def _kernels(model):
     See `regularize`; `_can_train` tells the kernels a regularizer can act on.
     """
     for layer in _rules.layers_of(model):
-        for variable in _rules.own_variables(layer):
+        for variable in _rules.own_weights_if_trainable(layer):
             role = _rules.kernel_attribute(layer, variable)
             if role is not None and len(variable.shape) >= 2:
                 yield layer, variable, role
@@ -335,6 +454,12 @@ def _why_frozen(layer):
     if mode is not None:
         return f"layer '{layer.name}' is quantized to {mode}"
     return None
+
+
+def _shown(paths, count=3):
+    """`'a', 'b', 'c' and 4 more`."""
+    more = f" and {len(paths) - count} more" if len(paths) > count else ""
+    return ", ".join(repr(p) for p in paths[:count]) + more
 
 
 def _some_kernel_paths(model, count=3):
@@ -372,10 +497,9 @@ def _warn_if_configs_drop(model, paths, kind=_REGULARIZER):
     carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if _can_train(v) and kind.of(v) is not None}
     dropped = [p for p in paths if p not in carried]
     if dropped:
-        shown = ", ".join(repr(p) for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
         warnings.warn(
             f"{kind.verb}: {len(dropped)} of the {len(paths)} kernels {kind.past} in '{model.name}' "
-            f"belong to layers whose config cannot carry a {kind.attribute} ({shown}): `model.save` "
+            f"belong to layers whose config cannot carry a {kind.attribute} ({_shown(dropped)}): `model.save` "
             f"and `to_json` keep the weights but not those {kind.attribute}s. Call "
             f"`keras_ortho.{kind.verb}` again after loading the model.",
             UserWarning,

@@ -102,10 +102,10 @@ class OrthoRegularizer(keras.regularizers.Regularizer):
         binding = self._scale
         if binding is not None and binding.release_if_stale():  # first: a fit that raised ends here
             binding = None
-        known = _binding.known_weight(x, self)
+        known = _binding.weight_if_known(x, self)
         if known is None and not isinstance(x, keras.Variable):
             self._refuse_activations(x)
-        variable, rule = known if known is not None else _binding.look_up_weight(x, self, "regularizer")
+        variable, rule = known if known is not None else _binding.weight_from_frames(x, self, "regularizer")
         tensor, plan = ops.prepare(x, self.slice_axis, self.mode, rule=rule, weight=variable, operator=self.operator)
         if plan.impossible is not None:
             self._warn_impossible(plan, variable)

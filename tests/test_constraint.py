@@ -23,7 +23,8 @@ def build(name, how, constraint):
     arguments = [a.replace("_regularizer", "_constraint") for a in LAYERS[name][3]]
     model = model_of(name, {a: constraint for a in arguments} if how == "constructor" else {})
     if how == "constrain":
-        paths = keras_ortho.constrain(model, constraint)
+        # include="*": every kernel the constructor takes, single vectors (Conv2D(groups=8)) too.
+        paths = keras_ortho.constrain(model, constraint, include="*")
         assert len(paths) == len(LAYERS[name][2]), paths
     return model
 

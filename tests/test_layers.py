@@ -167,7 +167,8 @@ def build(name, how):
     arguments = LAYERS[name][3]
     model = model_of(name, {a: regularizer for a in arguments} if how == "constructor" else {})
     if how == "regularize":
-        paths = keras_ortho.regularize(model, regularizer)
+        # include="*": every kernel the constructor takes, single vectors (Conv2D(groups=8)) too.
+        paths = keras_ortho.regularize(model, regularizer, include="*")
         assert sorted(paths) == sorted(v.path for v in regularized(model, name)), paths
     return model
 

@@ -110,6 +110,12 @@ CASES = {
         lambda: keras_ortho.regularize(dense_model(), keras_ortho.OrthoRegularizer(), include="nothing*")
     ),
     "OrthoRegularizer is a weight regularizer": lambda: raised(activity_regularized, Exception),
+    "regularize: every kernel of": lambda: warned(
+        lambda: keras_ortho.regularize(
+            keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="out")], name="model"),
+            keras_ortho.OrthoRegularizer(),
+        )
+    ),
 }
 
 

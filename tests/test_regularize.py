@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+import reference
 from backends import to_numpy
 
 import keras_ortho
@@ -28,17 +29,19 @@ def mixed_model():
     return keras.Model(inputs, outputs)
 
 
+# Every kernel `regularize` takes by default. The depthwise kernel (`depth_multiplier=1`: a 9x1 column per
+# channel) is a stack of single vectors, taken only when `include` names it.
 KERNELS = [
     "attention/attention_output/kernel",
     "attention/key/kernel",
     "attention/query/kernel",
     "attention/value/kernel",
     "conv/kernel",
-    "depthwise/kernel",
     "head/kernel",
     "lstm/lstm_cell/kernel",
     "lstm/lstm_cell/recurrent_kernel",
 ]
+SINGLE_VECTORS = ["depthwise/kernel"]
 
 
 def penalty(model):
@@ -52,6 +55,33 @@ def test_takes_every_kernel_and_nothing_else():
     regularized = sorted(v.path for v in model.weights if v.regularizer is not None)
     assert regularized == KERNELS  # no bias, no LayerNormalization weight
     assert len(model.losses) == len(KERNELS)
+
+
+def per_channel(depth_multiplier):
+    return keras.Sequential(
+        [keras.Input((6, 6, 4)), L.DepthwiseConv2D(3, depth_multiplier=depth_multiplier, name="depthwise")]
+    )
+
+
+def test_leaves_out_single_vectors_unless_include_names_them():
+    # One 9x1 filter per channel: its 1x1 Gram is its squared norm, not an angle between vectors.
+    model = per_channel(1)
+    regularizer = keras_ortho.OrthoRegularizer(0.01)
+    with pytest.warns(UserWarning, match=r"every kernel of .* is a stack of single vectors \('depthwise/kernel'\)"):
+        assert keras_ortho.regularize(model, regularizer) == []
+    assert model.losses == []
+    assert keras_ortho.regularize(model, regularizer, include="depthwise/*") == ["depthwise/kernel"]
+    w = to_numpy(model.layers[0].kernel)[:, :, :, 0].reshape(9, 4)  # column c: channel c's filter
+    expected = 0.01 * np.abs(np.sum(w * w, axis=0) - 1).sum()
+    assert penalty(model) == pytest.approx(expected, rel=1e-5)
+
+
+def test_takes_two_filters_per_channel_and_operators():
+    # depth_multiplier=2: a 9x2 matrix per channel, whose two columns have an angle.
+    assert keras_ortho.regularize(per_channel(2), keras_ortho.OrthoRegularizer(0.01)) == ["depthwise/kernel"]
+    # As an operator, one filter's shifts are many vectors.
+    operator = keras_ortho.OrthoRegularizer(0.01, operator=True)
+    assert keras_ortho.regularize(per_channel(1), operator) == ["depthwise/kernel"]
 
 
 class Subclassed(keras.Model):
@@ -104,10 +134,11 @@ def test_is_idempotent():
         ("*attention*", None, [p for p in KERNELS if p.startswith("attention/")]),
         (["conv/*", "head/*"], None, ["conv/kernel", "head/kernel"]),
         (None, "*lstm*", [p for p in KERNELS if "lstm" not in p]),
+        ("*", None, sorted(KERNELS + SINGLE_VECTORS)),
         (lambda v: len(v.shape) == 4, None, ["conv/kernel", "depthwise/kernel"]),
         ("*attention*", "*output*", ["attention/key/kernel", "attention/query/kernel", "attention/value/kernel"]),
     ],
-    ids=["glob", "globs", "exclude", "callable", "both"],
+    ids=["glob", "globs", "exclude", "every", "callable", "both"],
 )
 def test_include_and_exclude_select_by_path(include, exclude, expected):
     model = mixed_model()
@@ -228,10 +259,13 @@ def test_persists_through_saving(tmp_path, form):
 @pytest.mark.slow
 def test_mobilenet_v2_per_channel_depthwise_kernels():
     model = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10)
-    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4))
     depthwise = [layer for layer in model.layers if isinstance(layer, L.DepthwiseConv2D)]
     convs = [layer for layer in model.layers if type(layer) is L.Conv2D]
-    assert len(depthwise) == 17 and len(paths) == len(depthwise) + len(convs) + 1  # + the classifier
+    # By default the depthwise kernels (a 9x1 filter per channel) are left out; named, they are taken.
+    assert len(keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4))) == len(convs) + 1  # + classifier
+    assert all(layer.kernel.regularizer is None for layer in depthwise)
+    paths = keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(1e-4), include="*")
+    assert len(depthwise) == 17 and len(paths) == len(depthwise) + len(convs) + 1
     assert not any("bn" in p or "BN" in p or p.endswith("bias") for p in paths)
     logger = keras_ortho.OrthoLogger()
     logger.set_model(model)
@@ -303,3 +337,56 @@ def test_a_float8_layer_keeps_a_float_kernel_and_is_regularized_as_a_matrix():
     np.testing.assert_allclose(
         to_numpy(keras_ortho.slice_errors(hidden.kernel)), [np.abs(kernel.T @ kernel - np.eye(6)).sum()], rtol=1e-5
     )
+
+
+def dense_stack():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((12,)), L.Dense(5, name="a"), L.Dense(7, name="b"), L.Dense(1, name="out")])
+
+
+@pytest.mark.parametrize("norm, reduction", [("l1", "sum"), ("l1", "mean"), ("fro", "mean"), ("spectral", "sum")])
+def test_starting_factor_puts_the_penalty_at_its_share_of_the_data_loss(norm, reduction):
+    model = dense_stack()
+    regularizer = keras_ortho.OrthoRegularizer(3.0, norm=norm, reduction=reduction)  # its own factor is not used
+    factor = keras_ortho.starting_factor(model, regularizer, data_loss=2.5, share=0.04)
+    # The penalty at factor 1, in numpy: the two matrices, not the one-unit head (a single vector).
+    unit = sum(reference.norm_penalty(to_numpy(layer.kernel), norm, reduction=reduction) for layer in model.layers[:2])
+    # "spectral" is a power iteration, 32 steps: close to eigvalsh, from below, where eigenvalues nearly tie.
+    assert factor == pytest.approx(0.04 * 2.5 / unit, rel=1e-3 if norm == "spectral" else 1e-5)
+    assert all(v.regularizer is None for v in model.weights)  # nothing set
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(factor, norm=norm, reduction=reduction))
+    assert penalty(model) == pytest.approx(0.04 * 2.5, rel=1e-5)  # as Keras collects it
+
+
+def test_starting_factor_chooses_the_kernels_regularize_would():
+    model = mixed_model()
+    regularizer = keras_ortho.OrthoRegularizer(reduction="mean")
+    for include, exclude in [(None, None), (None, "*lstm*"), ("*", None)]:
+        factor = keras_ortho.starting_factor(model, regularizer, 1.5, include=include, exclude=exclude)
+        keras_ortho.regularize(model, None, include="*")
+        chosen = keras_ortho.regularize(
+            model, keras_ortho.OrthoRegularizer(factor, reduction="mean"), include=include, exclude=exclude
+        )
+        assert len(model.losses) == len(chosen) > 0
+        assert penalty(model) == pytest.approx(0.015, rel=1e-5), (include, exclude)
+
+
+def test_starting_factor_refuses_bad_input_before_any_work():
+    model = dense_stack()
+    regularizer = keras_ortho.OrthoRegularizer()
+    with pytest.raises(TypeError, match=r"Argument `regularizer`.*Received: regularizer=OrthoConstraint\("):
+        keras_ortho.starting_factor(model, keras_ortho.OrthoConstraint(), 1.0)
+    for bad, error in [("1.0", TypeError), (True, TypeError), (0.0, ValueError), (-1.0, ValueError)]:
+        with pytest.raises(error, match=rf"Argument `data_loss`.*Received: data_loss={bad!r}"):
+            keras_ortho.starting_factor(model, regularizer, bad)
+    for bad in [0.0, float("inf")]:
+        with pytest.raises(ValueError, match=rf"Argument `share`.*Received: share={bad!r}"):
+            keras_ortho.starting_factor(model, regularizer, 1.0, share=bad)
+    with pytest.raises(ValueError, match="is not built"):
+        keras_ortho.starting_factor(keras.Sequential([L.Dense(3)]), regularizer, 1.0)
+    with pytest.raises(ValueError, match=r"no kernel of .* is left by include='x\*'"):
+        keras_ortho.starting_factor(model, regularizer, 1.0, include="x*")
+    identity = keras.Sequential([keras.Input((4,)), L.Dense(4, kernel_initializer="identity")])
+    with pytest.raises(ValueError, match="orthonormal already"):
+        keras_ortho.starting_factor(identity, regularizer, 1.0)
+    assert all(v.regularizer is None for v in model.weights)
