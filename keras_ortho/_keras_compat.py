@@ -366,3 +366,39 @@ def detach_state(model, attribute, state):
     if getattr(model, attribute, None) is state:
         object.__delattr__(model, attribute)
     model._seed_generators[:] = [s for s in model._seed_generators if s is not state]
+
+
+def guard_methods(model, names, before):
+    """Shadows each method of `names` on the instance `model` by one that calls `before()` first.
+
+    Returns what `unguard_methods` puts back. Python finds an instance's
+    attribute before its class's method, so `model.fit(...)` runs the guard;
+    `object.__setattr__` passes Keras's attribute tracking by, so the guards
+    are not tracked as state, listed in the config or saved (tested). A
+    release that tracked or saved every instance attribute would carry them
+    into the files. Keras's own calls through the class (`keras.Model.fit(model)`)
+    pass them by; the binding's other guards (the regularizer, the state's
+    saving) still find the end of the fit there.
+    """
+    shadowed = {name: vars(model)[name] for name in names if name in vars(model)}
+    for name in names:
+        object.__setattr__(model, name, _guarded(getattr(model, name), before))
+    return shadowed
+
+
+def _guarded(method, before):
+    def guarded(*args, **kwargs):
+        before()
+        return method(*args, **kwargs)
+
+    guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    guarded.__wrapped__ = method
+    return guarded
+
+
+def unguard_methods(model, names, shadowed):
+    """Undoes `guard_methods`: the class's methods again, or what the instance held before."""
+    for name in names:
+        vars(model).pop(name, None)
+    for name, value in shadowed.items():
+        object.__setattr__(model, name, value)

@@ -206,17 +206,7 @@ class ScaleBinding:
         self.fit_frame = _keras_compat.running_fit_frame(model)
         state.binding = self
         _keras_compat.attach_state(model, _ATTRIBUTE, state)
-        self._shadowed = {name: vars(model)[name] for name in self.GUARDED if name in vars(model)}
-        for name in self.GUARDED:
-            object.__setattr__(model, name, self._guard(getattr(model, name)))
-
-    def _guard(self, method):
-        def guarded(*args, **kwargs):
-            self.release_if_stale()
-            return method(*args, **kwargs)
-
-        guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
-        return guarded
+        self._shadowed = _keras_compat.guard_methods(model, self.GUARDED, self.release_if_stale)
 
     def follow_running_fit(self):
         """Anchors the binding to the `fit` running now (a callback met again in a new fit)."""
@@ -246,10 +236,7 @@ class ScaleBinding:
             if regularizer._scale is self:
                 regularizer._scale = None
         self.regularizers, self.fit_frame = [], None
-        for name in self.GUARDED:
-            vars(model).pop(name, None)
-        for name, value in self._shadowed.items():
-            object.__setattr__(model, name, value)
+        _keras_compat.unguard_methods(model, self.GUARDED, self._shadowed)
         _keras_compat.detach_state(model, _ATTRIBUTE, state)
         state.binding = None
         _keras_compat.rebuild_step_functions(model)

@@ -301,6 +301,26 @@ def test_attached_state_goes_through_the_step_and_into_saved_weights(tmp_path):
     assert not any(v is state.state for v in model.non_trainable_variables)
 
 
+def test_guarded_methods_run_the_guard_first_and_stay_out_of_config_state_and_files(tmp_path):
+    """`guard_methods`: an instance attribute shadows the class's method, and Keras neither tracks nor saves it."""
+    model, names, calls = small_model(), ("fit", "evaluate", "save"), []
+    model.evaluate = lambda *args, **kwargs: "the user's"  # an instance attribute of the user's, to be given back
+    config, variables = model.get_config(), len(model.variables)
+    shadowed = _keras_compat.guard_methods(model, names, lambda: calls.append("guard"))
+    model.fit(*data(), epochs=1, verbose=0)
+    assert calls == ["guard"] and model.fit.__name__ == "fit"
+    assert model.evaluate() == "the user's" and len(calls) == 2
+    assert model.get_config() == config and len(model.variables) == variables
+    model.save(tmp_path / "guarded.keras")
+    assert len(calls) == 3
+    assert not set(names) & set(vars(keras.saving.load_model(tmp_path / "guarded.keras")))
+    _keras_compat.unguard_methods(model, names, shadowed)
+    assert "fit" not in vars(model) and model.fit.__func__ is type(model).fit
+    assert model.evaluate() == "the user's"
+    model.fit(*data(), epochs=1, verbose=0)
+    assert len(calls) == 3
+
+
 def test_steps_run_ahead_of_python_unless_a_batch_hook_is_added():
     """`add_hooks`: Keras dispatches steps asynchronously (on a thread-safe backend) while every
     batch hook of every callback is still the base Callback's, which Keras marks as its default."""
