@@ -7,6 +7,7 @@ The package, room by room. What users call:
     constraint.py    OrthoConstraint, the Keras adapter of the projection
     ops.py           slice_errors, ortho_penalty, ortho_gradient (as keras.ops)
     conv.py          conv_singular_values: each convolution's operator, by its singular values
+    lipschitz.py     lipschitz_bound, lipschitz_factors, certified_radius, LipschitzConstraint
     models.py        regularize, constrain, starting_factor: keras_ortho on a model that exists
     logger.py        OrthoLogger;  schedule.py, target.py: OrthoSchedule, OrthoTarget
     plotting.py      plot_errors;  report.py, _command.py: the `keras-ortho` command
@@ -15,6 +16,7 @@ Beneath them:
     _backend/        per backend: Gram, custom gradient, compiled measuring
     _slicing.py      how a weight becomes a stack of matrices (a plan)
     _conv.py         a convolution kernel as its operator: polyphase plan, offsets, singular values
+    _lipschitz.py    bounds on operator norms (zero padding, Gram iteration) and activations' constants
     _rules.py        which matrices each Keras layer's weights hold
     _binding.py      each weight's rule recorded, its regularizer bound
     _watch.py        which weights to measure, and one compiled probe
@@ -29,13 +31,19 @@ from keras_ortho._command import import_keras, running_as_command
 __version__ = "0.2.0"
 
 __all__ = [
+    "LayerFactor",
+    "LipschitzConstraint",
     "OrthoConstraint",
     "OrthoLogger",
     "OrthoRegularizer",
     "OrthoSchedule",
     "OrthoTarget",
+    "certified_accuracy",
+    "certified_radius",
     "constrain",
     "conv_singular_values",
+    "lipschitz_bound",
+    "lipschitz_factors",
     "ortho_gradient",
     "ortho_penalty",
     "plot_errors",
@@ -49,6 +57,14 @@ if not running_as_command():
     import_keras()
     from keras_ortho.constraint import OrthoConstraint
     from keras_ortho.conv import conv_singular_values
+    from keras_ortho.lipschitz import (
+        LayerFactor,
+        LipschitzConstraint,
+        certified_accuracy,
+        certified_radius,
+        lipschitz_bound,
+        lipschitz_factors,
+    )
     from keras_ortho.logger import OrthoLogger
     from keras_ortho.models import constrain, regularize, starting_factor
     from keras_ortho.ops import ortho_gradient, ortho_penalty, slice_errors
@@ -59,7 +75,18 @@ if not running_as_command():
 else:
     # The `keras-ortho` command parses its arguments and checks its file
     # before Keras loads (seconds, with TensorFlow): the names load on first use.
-    _PUBLIC_MODULES = ("constraint", "conv", "logger", "models", "ops", "plotting", "regularizer", "schedule", "target")
+    _PUBLIC_MODULES = (
+        "constraint",
+        "conv",
+        "lipschitz",
+        "logger",
+        "models",
+        "ops",
+        "plotting",
+        "regularizer",
+        "schedule",
+        "target",
+    )
 
     def __getattr__(name):
         if name not in __all__:

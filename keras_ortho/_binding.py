@@ -20,6 +20,7 @@ from keras_ortho._rules import layers_of, own_every_weight, rule_for
 
 _RULE = "_keras_ortho_rule"
 _OWNER = "_keras_ortho_owner"
+_LAYER = "_keras_ortho_layer"
 
 # The variable attributes that hold a keras_ortho object bound to the weight.
 _BINDABLE = ("regularizer", "constraint")
@@ -32,6 +33,7 @@ def assign_rules(root):
         for variable in own_every_weight(layer):
             setattr(variable, _RULE, rule_for(layer, variable))
             setattr(variable, _OWNER, f"'{layer.name}' ({type(layer).__name__})")
+            setattr(variable, _LAYER, weakref.ref(layer))
             bind(variable)
 
 
@@ -158,6 +160,12 @@ def known_rule(variable, root=None):
         if not hasattr(variable, _RULE):
             setattr(variable, _RULE, None)
     return getattr(variable, _RULE)
+
+
+def layer_of(variable):
+    """The layer holding `variable`, as `assign_rules` recorded it; None where none did or it is gone."""
+    reference = getattr(variable, _LAYER, None)
+    return None if reference is None else reference()
 
 
 def describe(variable):

@@ -78,6 +78,23 @@ def all_layers(root):
     return list(root._flatten_layers(include_self=True, recursive=True))
 
 
+def is_graph_model(model):
+    """Whether `model` is a Functional model, whose graph `run_graph` can walk."""
+    return isinstance(model, keras.Model) and hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth")
+
+
+def run_graph(model, inputs, operation_fn):
+    """Runs a Functional model's graph on `inputs` (any objects), each layer as `operation_fn(layer)(*args, **kwargs)`.
+
+    Keras's `Function._run_through_graph` (3.8 to now): it fills each node's
+    arguments from what the nodes before it returned, whatever those are, so
+    `lipschitz_bound` passes its bounds along the graph with it. If a release
+    renames it or changes its arguments, `tests/test_lipschitz.py`'s walks
+    over residual and nested models fail.
+    """
+    return list(keras.tree.flatten(model._run_through_graph(inputs, operation_fn)))
+
+
 def kernel_attribute(layer, variable):
     """`(attribute, regularizer argument)` if `variable` is one of `layer`'s kernels, else None.
 

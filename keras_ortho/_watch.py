@@ -135,16 +135,17 @@ def requested_weights(weights, slice_axis, mode, norm="l1"):
     return items
 
 
-def resolve(model, requested):
+def resolve(model, requested, measures_more=False):
     """The `Watched` weights of `model` for `requested` (from `requested_weights`).
 
     None: the regularized weights (`regularized_weights`), with a warning
-    when there are none. Otherwise each requested weight, a path being looked
-    up among the model's names (`_rules.weight_names`) and Keras's paths.
+    when there are none and the logger measures nothing else (`measures_more`).
+    Otherwise each requested weight, a path being looked up among the model's
+    names (`_rules.weight_names`) and Keras's paths.
     """
     if requested is None:
         watched = regularized_weights(model)
-        if not watched:
+        if not watched and not measures_more:
             warnings.warn(
                 f"OrthoLogger found no trainable weight regularized by OrthoRegularizer "
                 f"in model '{model.name}', and records nothing. Pass `weights=[...]` to "

@@ -8,12 +8,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _validation, _watch, conv
+from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _validation, _watch, conv, lipschitz
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
 # The keys of `singular_values=True`: per convolution, or over all of them.
 SIGMA_KEYS = ("sigma_max", "sigma_min")
+# The key of `lipschitz=True`: the model's bound; per layer, `lipschitz/<layer>`.
+LIPSCHITZ_KEY = "lipschitz"
 # With more watched weights than this, `weight_logs="auto"` writes only `ortho/total`.
 AUTO_WEIGHT_LOGS = 8
 
@@ -75,6 +77,12 @@ class OrthoLogger(keras.callbacks.Callback):
             kept in `singular_values_record`. The largest is the layer's
             Lipschitz constant. A model whose convolutions' input sizes are
             unknown is refused when `fit` begins.
+        lipschitz: False (default); True also computes, at every epoch end,
+            `keras_ortho.lipschitz_bound` of the model (`logs["lipschitz"]`)
+            and each layer's factor (`logs["lipschitz/<layer>"]`, with
+            `weight_logs`' rule: per layer for up to 8 layers), kept in
+            `lipschitz_record`. A model it cannot bound is refused when
+            `fit` begins, naming the layer.
 
     Attributes:
         errors: `{path: array of shape (epochs_recorded, num_slices)}`.
@@ -84,6 +92,8 @@ class OrthoLogger(keras.callbacks.Callback):
         singular_values_record: `{path: array (epochs_recorded, 2)}`, the
             largest and smallest singular value of each convolution per
             epoch, with `singular_values=True`.
+        lipschitz_record: `{"lipschitz": array (epochs_recorded,), layer: array}`,
+            the model's bound and each layer's factor per epoch, with `lipschitz=True`.
 
     Raises:
         ValueError: for an argument out of its range or choices, naming it and the value received.
@@ -120,6 +130,7 @@ class OrthoLogger(keras.callbacks.Callback):
         weight_logs: str | bool = "auto",
         norm: str = "l1",
         singular_values: bool = False,
+        lipschitz: bool = False,
     ):
         super().__init__()
         slice_axis = _validation.check_slice_axis(slice_axis)
@@ -133,6 +144,7 @@ class OrthoLogger(keras.callbacks.Callback):
         self.per_slice_logs = _validation.check_bool("per_slice_logs", per_slice_logs)
         self.weight_logs = _validation.check_auto_or_bool("weight_logs", weight_logs)
         self.singular_values = _validation.check_bool("singular_values", singular_values)
+        self.lipschitz = _validation.check_bool("lipschitz", lipschitz)
         if every_n_batches is not None:
             # Only then a batch hook: Keras runs the steps of a fit whose
             # callbacks have none without waiting for Python after each one.
@@ -141,6 +153,7 @@ class OrthoLogger(keras.callbacks.Callback):
         self._watched = []
         self._epoch_records, self._batch_records = _records.Records(), _records.Records()
         self._spectra, self._convolutions = _records.Records(), []
+        self._bounds, self._bound_names = _records.Records(), []
         self._probe = None
         self._writer = None
         self._batches_seen = 0
@@ -160,6 +173,11 @@ class OrthoLogger(keras.callbacks.Callback):
     @property
     def singular_values_record(self):
         return self._spectra.stack({m.path: 2 for m in self._convolutions})
+
+    @property
+    def lipschitz_record(self):
+        widths = {name: 1 for name in self._bound_names}
+        return {name: values[:, 0] for name, values in self._bounds.stack(widths).items()}
 
     def _widths(self):
         return {w.path: w.num_slices for w in self._watched}
@@ -184,7 +202,7 @@ class OrthoLogger(keras.callbacks.Callback):
             _binding.assign_rules(model)  # bound once: no lookup when the step is traced
 
     def on_train_begin(self, logs=None):
-        watched = _watch.resolve(self.model, self._requested)
+        watched = _watch.resolve(self.model, self._requested, measures_more=self.singular_values or self.lipschitz)
         same_weights = len(watched) == len(self._watched) and all(
             new.variable is old.variable and new.plan == old.plan
             for new, old in zip(watched, self._watched, strict=True)
@@ -199,6 +217,8 @@ class OrthoLogger(keras.callbacks.Callback):
             if [m.variable for m in convolutions] != [m.variable for m in self._convolutions]:
                 self._spectra = _records.Records()
             self._convolutions = convolutions
+        if self.lipschitz:
+            self._lipschitz_now()  # a layer it cannot bound raises now, not mid-fit
         self._batches_seen = 0
         self.on_train_end()  # a fit that raised left its writer open
         if self.log_dir is not None:
@@ -221,11 +241,16 @@ class OrthoLogger(keras.callbacks.Callback):
         if self.singular_values:
             spectra = {path: np.array(values[:2]) for path, values in conv.measure(self._convolutions).items()}
             self._spectra.add(epoch, spectra)
+        bounds = {}
+        if self.lipschitz:
+            bounds = self._lipschitz_now()
+            self._bounds.add(epoch, {name: np.array([value]) for name, value in bounds.items()})
         if logs is not None:
             logs.update(log_entries(errors, self.weight_logs, self.per_slice_logs))
             logs.update(sigma_entries(spectra, self.weight_logs))
+            logs.update(lipschitz_entries(bounds, self.weight_logs))
         if self._writer is not None:
-            scalars = sigma_entries(spectra, True)
+            scalars = {**sigma_entries(spectra, True), **lipschitz_entries(bounds, True)}
             for path, values in errors.items():
                 scalars[f"{LOG_PREFIX}{path}"] = np.sum(values)
                 scalars.update({f"{LOG_PREFIX}{path}/slice_{i}": v for i, v in enumerate(values)})
@@ -236,6 +261,13 @@ class OrthoLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def _lipschitz_now(self):
+        """`{"lipschitz": the model's bound, layer: its factor, ...}` of the weights now."""
+        model = _keras_compat.synced_model(self)
+        bound, factors = lipschitz.bound_and_factors(model)
+        self._bound_names = [LIPSCHITZ_KEY] + [f.layer for f in factors]
+        return {LIPSCHITZ_KEY: bound, **{f.layer: f.factor for f in factors}}
 
     def _measure(self):
         """`(optimizer iteration, {path: per-slice errors})` of the weights now."""
@@ -291,3 +323,18 @@ def sigma_entries(spectra, weight_logs):
         return entries
     values = np.array(list(spectra.values()))
     return {SIGMA_KEYS[0]: float(values[:, 0].max()), SIGMA_KEYS[1]: float(values[:, 1].min())}
+
+
+def lipschitz_entries(bounds, weight_logs):
+    """The epoch-log keys for `{"lipschitz": bound, layer: factor}`, by `log_entries`' rule.
+
+    `lipschitz` always; `lipschitz/<layer>` per layer when `weight_logs` is
+    True, or "auto" with at most `AUTO_WEIGHT_LOGS` layers.
+    """
+    if not bounds:
+        return {}
+    entries = {LIPSCHITZ_KEY: float(bounds[LIPSCHITZ_KEY])}
+    layers = {k: v for k, v in bounds.items() if k != LIPSCHITZ_KEY}
+    if weight_logs is True or (weight_logs == "auto" and len(layers) <= AUTO_WEIGHT_LOGS):
+        entries.update({f"{LIPSCHITZ_KEY}/{name}": float(value) for name, value in layers.items()})
+    return entries

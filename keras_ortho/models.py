@@ -8,6 +8,7 @@ import keras
 
 from keras_ortho import _binding, _keras_compat, _rules, _validation, _watch, ops
 from keras_ortho.constraint import OrthoConstraint
+from keras_ortho.lipschitz import LipschitzConstraint
 from keras_ortho.regularizer import OrthoRegularizer
 
 __all__ = ["constrain", "regularize", "starting_factor"]
@@ -20,7 +21,13 @@ class _Kind:
     """What is put on a kernel: its class, the variable's attribute, how the layer's arguments name it."""
 
     def __init__(self, cls, attribute, verb, past, frozen_reason):
-        self.cls, self.attribute, self.verb, self.past, self.frozen_reason = cls, attribute, verb, past, frozen_reason
+        self.cls = cls if isinstance(cls, tuple) else (cls,)
+        self.attribute, self.verb, self.past, self.frozen_reason = attribute, verb, past, frozen_reason
+
+    @property
+    def names(self):
+        """`OrthoConstraint or LipschitzConstraint`: what an error says the argument must be."""
+        return " or ".join(c.__name__ for c in self.cls)
 
     def argument(self, regularizer_argument):
         """`kernel_regularizer` -> `kernel_constraint` for constraints."""
@@ -40,7 +47,7 @@ _REGULARIZER = _Kind(
     "Keras collects no loss from a frozen weight, so a regularizer there would act on nothing.",
 )
 _CONSTRAINT = _Kind(
-    OrthoConstraint,
+    (OrthoConstraint, LipschitzConstraint),
     "constraint",
     "constrain",
     "constrained",
@@ -297,9 +304,7 @@ def _choose(model, obj, kind, include, exclude):
         raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
     name = kind.attribute
     if obj is not None and not isinstance(obj, kind.cls):
-        raise TypeError(
-            f"Argument `{name}` must be an {kind.cls.__name__}, or None to remove them. Received: {name}={obj!r}"
-        )
+        raise TypeError(f"Argument `{name}` must be an {kind.names}, or None to remove them. Received: {name}={obj!r}")
     include_all = include is None
     include = _matcher("include", include)
     exclude = _matcher("exclude", exclude)
@@ -323,11 +328,16 @@ def _choose(model, obj, kind, include, exclude):
             continue
         if obj is None and kind.of(variable) is None:
             continue
-        if obj is not None and include_all and _plan(obj, variable).single_vectors:
+        if obj is not None and include_all and _sliced(obj) and _plan(obj, variable).single_vectors:
             vectors.append(path)
             continue
         chosen.append((layer, variable, role, path))
     return chosen, frozen, vectors
+
+
+def _sliced(obj):
+    """Whether `obj` acts on a kernel's slices (the orthogonality objects), not on its whole operator."""
+    return not isinstance(obj, LipschitzConstraint)
 
 
 def _plan(obj, variable):
@@ -354,6 +364,8 @@ def _check_sides(obj, kind, chosen):
     """
     refused = []
     for _, variable, _, path in chosen:
+        if not _sliced(obj):
+            continue
         plan = _plan(obj, variable)
         if plan.impossible is None:
             continue

@@ -1,7 +1,7 @@
 """`keras-ortho report MODEL`: the orthogonality of a saved model's kernels.
 
     python -m keras_ortho report model.keras [--all] [--json] [--plot errors.png] [--import MODULE]
-                                             [--singular-values [--input-size N]]
+                                             [--singular-values [--input-size N]] [--lipschitz]
 
 Loads a `.keras` or legacy `.h5` model and prints, for every kernel regularized
 by `OrthoRegularizer` (with `--all`, every floating weight of rank >= 2 too),
@@ -11,8 +11,10 @@ each; a convolution regularized with `operator=True` is measured as its
 operator, one slice per group): min, median, max and the worst slices. With
 `--singular-values`, also the largest and smallest singular value of every
 convolution's operator, at its own input size in the model or at
-`--input-size`. A model with custom layers loads once `--import` has imported
-the modules that register them.
+`--input-size`. With `--lipschitz`, each layer's factor and the model's
+bound on its Lipschitz constant (`keras_ortho.lipschitz_bound`). A model
+with custom layers loads once `--import` has imported the modules that
+register them.
 """
 
 import argparse
@@ -151,6 +153,32 @@ def singular_values(model, input_size=None):
     ]
 
 
+def lipschitz(model):
+    """`{"bound": float, "layers": [{"layer", "kind", "factor", "exact"}]}`: the model's Lipschitz bound, per layer."""
+    from keras_ortho.lipschitz import bound_and_factors
+
+    try:
+        bound, factors = bound_and_factors(model)
+    except ValueError as error:
+        raise ReportError(f"--lipschitz: {error}") from None
+    return {"bound": bound, "layers": [f._asdict() for f in factors]}
+
+
+def format_lipschitz(document):
+    """A plain-text table of `lipschitz`'s per-layer factors, then the bound."""
+    headers = ["layer", "kind", "factor", ""]
+    rows = [
+        [e["layer"], e["kind"], f"{e['factor']:.4g}", "exact" if e["exact"] else "bound"] for e in document["layers"]
+    ]
+    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, ["-" * w for w in widths]] + rows
+    ]
+    head = f"Lipschitz bound of the model (L2, at its input size): {document['bound']:.6g}, from {len(rows)} layer(s)"
+    return head + "\n" + "\n".join(lines) + "\n"
+
+
 def format_singular_values(entries):
     """A plain-text table of `singular_values`' entries."""
     if not entries:
@@ -231,22 +259,28 @@ def run_report(args, out=None):
     import_keras()
     # What a saved file names as `keras_ortho>...` is registered as these load.
     import keras_ortho.constraint  # noqa: F401
+    import keras_ortho.lipschitz  # noqa: F401
     import keras_ortho.regularizer  # noqa: F401
 
     import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)
     spectra = singular_values(model, args.input_size) if args.singular_values else None
+    bounds = lipschitz(model) if args.lipschitz else None
     if args.json:
         document = {"model": args.model, "kernels": entries}
         if spectra is not None:
             document["convolutions"] = spectra
+        if bounds is not None:
+            document["lipschitz"] = bounds
         json.dump(document, out, indent=2)
         out.write("\n")
     else:
         out.write(format_table(args.model, entries))
         if spectra is not None:
             out.write(format_singular_values(spectra))
+        if bounds is not None:
+            out.write(format_lipschitz(bounds))
     if args.plot is not None:
         if not entries:
             raise ReportError("nothing to plot: no kernel measured")
@@ -285,6 +319,11 @@ def build_parser():
     report.add_argument("--plot", metavar="FILE.png", help="also draw the per-slice errors")
     report.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     report.add_argument("--worst", type=_positive_int, default=3, metavar="K", help="worst slices to list (default 3)")
+    report.add_argument(
+        "--lipschitz",
+        action="store_true",
+        help="also each layer's factor and the model's bound on its L2 Lipschitz constant",
+    )
     report.add_argument(
         "--singular-values",
         action="store_true",

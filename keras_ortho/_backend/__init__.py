@@ -48,6 +48,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   it eagerly under `no_grad` (Dynamo's compile time would outweigh a
   once-an-epoch measurement; `jit_compile` is ignored).
 * `is_chief(model)`: whether this process writes files in a multi-process run.
+* `adjoint(fn, x, y)`: `A^T y` for a linear `fn(x) = A x` (a Keras layer's
+  call), by the backend's reverse-mode autodiff at `x`.
 """
 
 import importlib

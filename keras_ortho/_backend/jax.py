@@ -155,3 +155,8 @@ def for_measuring(fn, jit_compile):
 
 def is_chief(model):
     return jax.process_index() == 0
+
+
+def adjoint(fn, x, y):
+    out, pullback = jax.vjp(fn, jnp.asarray(x))
+    return pullback(jnp.asarray(y, out.dtype))[0]

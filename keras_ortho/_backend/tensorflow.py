@@ -117,3 +117,11 @@ def is_chief(model):
     """Asks the model's strategy: False on the non-chief workers of a cluster."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     return bool(strategy.extended.should_save_summary)
+
+
+def adjoint(fn, x, y):
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = fn(x)
+    return tape.gradient(out, x, output_gradients=tf.convert_to_tensor(y, out.dtype))

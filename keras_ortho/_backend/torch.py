@@ -151,3 +151,11 @@ def for_measuring(fn, jit_compile):
 def is_chief(model):
     distributed = torch.distributed
     return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
+
+
+def adjoint(fn, x, y):
+    with torch.enable_grad():
+        x = torch.as_tensor(x).detach().requires_grad_(True)
+        out = fn(x)
+        (grad,) = torch.autograd.grad(out, x, grad_outputs=torch.as_tensor(y, dtype=out.dtype, device=out.device))
+    return grad.detach()
