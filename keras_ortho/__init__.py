@@ -31,7 +31,6 @@ from keras_ortho._command import import_keras, running_as_command
 __version__ = "0.2.0"
 
 __all__ = [
-    "LayerFactor",
     "LipschitzConstraint",
     "OrthoConstraint",
     "OrthoLogger",
@@ -58,7 +57,6 @@ if not running_as_command():
     from keras_ortho.constraint import OrthoConstraint
     from keras_ortho.conv import conv_singular_values
     from keras_ortho.lipschitz import (
-        LayerFactor,
         LipschitzConstraint,
         certified_accuracy,
         certified_radius,
