@@ -842,6 +842,97 @@ def markdown(tasks, variants, summary, sweeps, chosen, tried, meta):
     return "\n".join(lines)
 
 
+# The page's "In short" table: what a user wants, what to use, and the figures behind it, read from the
+# summary. Sequence tasks' advice is the verdict's: the variants that help, or that none does.
+# (want, use (None: from the verdict of `family`), factor of (family, variant) or None, family, figures)
+SHORT = (
+    (
+        "a very deep plain network (tens to hundreds of layers, no residuals, no normalization) to train",
+        '`OrthoConstraint(method="newton_schulz")` on its kernels',
+        None,
+        "depth",
+        [
+            ("depth_128", "test_accuracy", ("constraint_ns", "constraint_svd", "orth_init", "none")),
+            ("depth_128", "grad_first/last", ("constraint_ns", "none")),
+        ],
+    ),
+    (
+        "a plain network of moderate depth (about 30 layers)",
+        "`keras.initializers.Orthogonal()` as the kernel initializer, with or without "
+        '`OrthoRegularizer(factor, reduction="mean")`',
+        ("depth", "l1+orth_init"),
+        "depth",
+        [("depth_32", "test_accuracy", ("orth_init", "l1+orth_init", "none"))],
+    ),
+    (
+        "a shallow network (under about 10 layers)",
+        "nothing",
+        None,
+        "depth",
+        [("depth_8", "test_accuracy", ("none", "l1", "constraint_ns"))],
+    ),
+    ("long memory in a tanh `SimpleRNN` (copy)", None, ("copy_rnn", "l1"), "copy_rnn", "verdict"),
+    ("long memory in a tanh `SimpleRNN` (adding)", None, ("adding_rnn", "l1"), "adding_rnn", "verdict"),
+    ("memory in a ReLU `SimpleRNN` (adding)", None, ("adding_relu", "l1"), "adding_relu", "verdict"),
+    ("an `LSTM` on the copy task", None, ("copy_lstm", "l1"), "copy_lstm", "verdict"),
+    (
+        "attention heads that differ, or more accuracy from them",
+        "nothing for accuracy; `OrthoLogger` to watch them",
+        ("transformer", "l1"),
+        "transformer",
+        [
+            ("transformer", "test_accuracy", ("none", "l1", "spectral", "orth_init", "constraint_svd")),
+            ("transformer", "head_similarity", ("none",)),
+        ],
+    ),
+)
+
+
+def short_table(tasks, variants, record):
+    """The page's "In short" table, every figure read from `record` (what `study.json` holds)."""
+    summary, chosen, seeds = record["summary"], record["chosen_factors"], record["meta"]["seeds"]
+    by_family = {}
+    for task in tasks:
+        by_family.setdefault(task.family, []).append(task)
+    formats = {m: fmt for columns in METRICS.values() for m, _, fmt in columns}
+    lines = ["| you want | use | factor | what the study measured |", "|---|---|---|---|"]
+    for want, use, factor_of, family, figures in SHORT:
+        family_tasks = by_family.get(family, [])
+        factor = "-" if factor_of is None else chosen.get(factor_of[0], {}).get(factor_of[1])
+        factor = "not chosen yet" if factor is None else factor if isinstance(factor, str) else f"{factor:g}"
+        if figures == "verdict":
+            if not family_tasks:
+                continue
+            judged = _judged(family_tasks)
+            outcome, winners = verdict(family_tasks, summary)
+            cells = summary.get(judged.name, {})
+            runs = sum(cell["seeds"] for cell in cells.values())
+            planned = seeds * sum(applicable(judged, v) is None for v in variants)
+            use = (
+                "not run yet"
+                if outcome == "not run"
+                else ", ".join(f"`{w}`" for w in winners)
+                if winners
+                else "nothing measured here helps"
+            )
+            if outcome != "not run" and runs < planned:
+                use += f" (provisional: {runs} of {planned} runs of {judged.name})"
+            metric = "test_" + judged.score[0]
+            figures = [(judged.name, metric, tuple(v.name for v in variants if v.name in cells))]
+        measured = []
+        for task_name, metric, names in figures:
+            cells = summary.get(task_name, {})
+            shown = [
+                f"{n} {formats[metric].format(cells[n][metric][0])} ± {formats[metric].format(cells[n][metric][1])}"
+                for n in names
+                if n in cells
+            ]
+            title = next((t for m, t, _ in (c for cs in METRICS.values() for c in cs) if m == metric), metric)
+            measured.append(f"{task_name}, {title}: " + (", ".join(shown) if shown else "not run yet"))
+        lines.append(f"| {want} | {use} | {factor} | {'; '.join(measured)} |")
+    return "\n".join(lines) + "\n"
+
+
 def investigation_lines(tasks, summary, tried):
     """A table of what each investigation changed, beside the main study's seed-0 spread."""
     if not tried:
@@ -1026,6 +1117,7 @@ def write_outputs(tasks, variants, record, stem):
         tasks, variants, summary, record["sweeps"], record["chosen_factors"], record["investigations"], record["meta"]
     )
     stem.with_suffix(".md").write_text(text)
+    (stem.parent / f"{stem.name}_short.md").write_text(short_table(tasks, variants, record))
     curves_chart(tasks, variants, runs, stem.with_suffix(".png"))
     depth_chart(tasks, variants, summary, stem.parent / f"{stem.name}_depth.png")
 

@@ -118,8 +118,10 @@ def check_bool(name, value):
 
 def check_auto_or_bool(name, value):
     """`value` must be "auto", True or False: ValueError for another string, TypeError for 1, 0, None and the like."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f'Argument `{name}` must be "auto", True or False. Received: {name}={value!r}')
     if isinstance(value, str):
-        return check_choice(name, value, ("auto",))
+        return value
     if not isinstance(value, bool):
         raise TypeError(
             f'Argument `{name}` must be "auto", True or False. '

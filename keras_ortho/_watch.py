@@ -70,6 +70,53 @@ def ortho_regularizer_of(variable):
     return regularizer if isinstance(regularizer, OrthoRegularizer) else None
 
 
+def penalty_in_loss(variable):
+    """What the variable's `OrthoRegularizer` adds to the loss now (factor, reduction and scale applied), or None."""
+    regularizer = ortho_regularizer_of(variable)
+    return None if regularizer is None else float(ops.convert_to_numpy(regularizer(variable)))
+
+
+def carrying_share(model):
+    """`(with an OrthoRegularizer, kernels that could carry one)` among `model`'s trainable kernels.
+
+    A kernel could carry one where keras_ortho has a rule for it (every
+    kernel `regularize` would take, single vectors included).
+    """
+    _binding.assign_rules(model)
+    kernels = [
+        v for layer, v, _ in _kernels_of(model) if holds_matrices(v) and any(v is w for w in model.trainable_weights)
+    ]
+    return sum(ortho_regularizer_of(v) is not None for v in kernels), len(kernels)
+
+
+def _kernels_of(model):
+    for layer in _rules.layers_of(model):
+        for variable in _rules.own_trainable_weights(layer):
+            role = _rules.kernel_attribute(layer, variable)
+            if role is not None:
+                yield layer, variable, role
+
+
+def warn_if_few_carry(model, who):
+    """A warning when at most a quarter of the (8 or more) kernels of `model` carry an OrthoRegularizer, but some do.
+
+    What a model saved after `regularize` reloads as where its layers'
+    configs do not carry the regularizer (keras-hub backbones rebuild their
+    layers from their own arguments): the monitor would show a few kernels
+    and say nothing of the rest.
+    """
+    carrying, kernels = carrying_share(model)
+    if kernels >= 8 and 0 < carrying <= kernels / 4:
+        warnings.warn(
+            f"{who}: only {carrying} of the {kernels} kernels of '{model.name}' carry an OrthoRegularizer; the "
+            "others are neither regularized nor watched. If you regularized only these, nothing is wrong. If the "
+            "model was saved after `keras_ortho.regularize` and loaded, its layers' configs may not carry the "
+            "regularizer: call `regularize` again after loading (docs/troubleshooting.md).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def regularized_weights(model, include_all=False):
     """The weights of `model` to measure, at any depth, in model order.
 

@@ -12,6 +12,8 @@ from keras_ortho import _binding, _keras_compat, _records, _tensorboard, _valida
 
 LOG_PREFIX = "ortho/"
 TOTAL_KEY = "ortho/total"
+# What the watched weights' OrthoRegularizers add to the loss: factor, reduction and any schedule's scale applied.
+PENALTY_KEY = "ortho/penalty"
 # The keys of `singular_values=True`: per convolution, or over all of them.
 SIGMA_KEYS = ("sigma_max", "sigma_min")
 # The key of `lipschitz=True`: the model's bound; per layer, `lipschitz/<layer>`.
@@ -39,6 +41,12 @@ class OrthoLogger(keras.callbacks.Callback):
     `per_slice_logs=True`. Everything is kept in `errors`, written to
     TensorBoard with `log_dir`, and drawn by `keras_ortho.plot_errors`. Runs on
     the TensorFlow, JAX and PyTorch backends.
+
+    The errors are unscaled: with `reduction="mean"` or a small factor,
+    `ortho/total` may read 58,688 while the loss holds 0.023. What the loss
+    holds is `logs["ortho/penalty"]`, the sum over the watched weights of what
+    their `OrthoRegularizer` adds (factor, reduction and an `OrthoSchedule`'s
+    scale applied), written whenever a watched weight carries one.
 
     Args:
         weights: what to watch. None (default): every trainable weight of the
@@ -203,6 +211,8 @@ class OrthoLogger(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         watched = _watch.resolve(self.model, self._requested, measures_more=self.singular_values or self.lipschitz)
+        if self._requested is None:
+            _watch.warn_if_few_carry(self.model, "OrthoLogger")
         same_weights = len(watched) == len(self._watched) and all(
             new.variable is old.variable and new.plan == old.plan
             for new, old in zip(watched, self._watched, strict=True)
@@ -245,7 +255,11 @@ class OrthoLogger(keras.callbacks.Callback):
         if self.lipschitz:
             bounds = self._lipschitz_now()
             self._bounds.add(epoch, {name: np.array([value]) for name, value in bounds.items()})
+        penalties = [_watch.penalty_in_loss(w.variable) for w in self._watched]
+        penalties = [p for p in penalties if p is not None]
         if logs is not None:
+            if penalties:
+                logs[PENALTY_KEY] = float(sum(penalties))
             logs.update(log_entries(errors, self.weight_logs, self.per_slice_logs))
             logs.update(sigma_entries(spectra, self.weight_logs))
             logs.update(lipschitz_entries(bounds, self.weight_logs))

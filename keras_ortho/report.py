@@ -127,11 +127,18 @@ def measure(model, include_all=False, worst=3):
                 "median": float(np.median(values)),
                 "max": float(np.max(values)),
                 "total": float(np.sum(values)),
+                "penalty": _watch.penalty_in_loss(w.variable),
                 "worst": [[int(i), float(values[i])] for i in order],
                 "errors": [float(v) for v in values],
             }
         )
     return entries
+
+
+def _watch_share(model):
+    from keras_ortho import _watch
+
+    return _watch.carrying_share(model)
 
 
 def measures_of(entries):
@@ -200,6 +207,7 @@ def format_table(model_path, entries):
     """A plain-text table, one row per kernel."""
     if not entries:
         return f"{model_path}: no kernel is regularized by OrthoRegularizer (use --all to measure every kernel)\n"
+    penalty = sum(e["penalty"] for e in entries if e["penalty"] is not None)
     norms = measures_of(entries)
     headers = ["kernel", "shape", "slices", "Gram", "min", "median", "max", "worst slices"]
     rows = [
@@ -228,7 +236,13 @@ def format_table(model_path, entries):
         head = f"error of a slice = {measures}"
     else:
         head = f"error of a slice under each kernel's norm: {measures}"
-    return f"{model_path}: {len(entries)} kernel(s); {head}\n" + "\n".join(lines) + "\n"
+    text = f"{model_path}: {len(entries)} kernel(s); {head}\n" + "\n".join(lines) + "\n"
+    if any(e["regularized"] for e in entries):
+        text += (
+            f"penalty in the loss: {penalty:.6g} (each regularizer's factor and reduction applied; the errors "
+            "above are unscaled)\n"
+        )
+    return text
 
 
 def run_report(args, out=None):
@@ -240,7 +254,10 @@ def run_report(args, out=None):
     if args.plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise ReportError(f"cannot write {args.plot}: no directory {os.path.dirname(args.plot) or '.'}")
     if args.plot is not None:
-        from keras_ortho.plotting import _import_matplotlib
+        from keras_ortho._command import quiet_start_up
+
+        with quiet_start_up():  # the plotting module loads Keras, and with it TensorFlow's start-up lines
+            from keras_ortho.plotting import _import_matplotlib
 
         try:
             Figure, _ = _import_matplotlib()
@@ -265,10 +282,11 @@ def run_report(args, out=None):
     import_modules(args.imports)
     model = load_model(args.model)
     entries = measure(model, include_all=args.all, worst=args.worst)
+    carrying, kernels = _watch_share(model)
     spectra = singular_values(model, args.input_size) if args.singular_values else None
     bounds = lipschitz(model) if args.lipschitz else None
     if args.json:
-        document = {"model": args.model, "kernels": entries}
+        document = {"model": args.model, "kernels": entries, "kernels_without_regularizer": kernels - carrying}
         if spectra is not None:
             document["convolutions"] = spectra
         if bounds is not None:
@@ -277,6 +295,11 @@ def run_report(args, out=None):
         out.write("\n")
     else:
         out.write(format_table(args.model, entries))
+        if carrying and carrying < kernels and not args.all:
+            out.write(
+                f"{kernels - carrying} of the model's {kernels} kernels carry no OrthoRegularizer (--all measures "
+                "them; a model saved after `regularize` whose layers' configs drop it reloads without it)\n"
+            )
         if spectra is not None:
             out.write(format_singular_values(spectra))
         if bounds is not None:

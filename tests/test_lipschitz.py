@@ -94,15 +94,17 @@ def test_a_convolutions_bound_holds_its_operator_with_keras_padding(name, rng):
 
 
 def test_the_circular_norm_is_no_bound_for_zero_padding_and_the_bound_is():
-    # The kernel [1, -1] on 2 pixels: circularly, the difference operator [[1, -1], [-1, 1]] of norm 2;
-    # Keras's "valid" padding reads one window, [1, -1], of norm sqrt(2); "same" adds the zero at the end.
+    # The kernel [1, -1] with "same" on 3 pixels applies [[1, -1, 0], [0, 1, -1], [0, 0, 1]] (Keras pads on
+    # the right); circularly on 3 pixels its norm is |1 - exp(2 pi i / 3)| = sqrt(3), below that operator's.
     layer = L.Conv1D(1, 2, padding="same", use_bias=False)
-    model = keras.Sequential([keras.Input((2, 1)), layer])
+    model = keras.Sequential([keras.Input((3, 1)), layer])
     layer.kernel.assign(np.array([1.0, -1.0], "float32").reshape(2, 1, 1))
-    exact = np.linalg.norm(operator_of(layer, (2, 1)), 2)
-    assert exact <= keras_ortho.lipschitz_bound(model)
-    # Circular on 2 pixels it would be 2; with "same" the matrix is [[1, -1], [0, 1]].
-    np.testing.assert_allclose(exact, np.linalg.norm([[1.0, -1.0], [0.0, 1.0]], 2), rtol=1e-6)
+    exact = np.linalg.norm(operator_of(layer, (3, 1)), 2)
+    np.testing.assert_allclose(exact, np.linalg.norm([[1, -1, 0], [0, 1, -1], [0, 0, 1]], 2), rtol=1e-6)
+    (values,) = keras_ortho.conv_singular_values(model).values()
+    circular = values.largest
+    np.testing.assert_allclose(circular, math.sqrt(3), rtol=1e-6)
+    assert circular < exact <= keras_ortho.lipschitz_bound(model)
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (8, 8)])

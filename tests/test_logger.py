@@ -147,7 +147,7 @@ def test_big_models_log_one_total_unless_asked(count, weight_logs, per_weight):
     model.compile(optimizer="sgd", loss="mse")
     logger = OrthoLogger(weight_logs=weight_logs)
     history = model.fit(np.zeros((4, 4)), np.zeros((4, 4)), epochs=1, verbose=0, callbacks=[logger])
-    keys = sorted(k for k in history.history if k.startswith("ortho/"))
+    keys = sorted(k for k in history.history if k.startswith("ortho/") and k != "ortho/penalty")
     totals = {path: errors[0].sum() for path, errors in logger.errors.items()}
     assert len(totals) == count  # the record keeps every weight either way
     if per_weight:
@@ -157,12 +157,28 @@ def test_big_models_log_one_total_unless_asked(count, weight_logs, per_weight):
         np.testing.assert_allclose(history.history["ortho/total"][0], sum(totals.values()), rtol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_the_penalty_the_loss_holds_is_logged_beside_the_unscaled_errors(reduction, rng):
+    regularizer = keras_ortho.OrthoRegularizer(0.01, reduction=reduction)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, kernel_regularizer=regularizer)])
+    model.compile(optimizer="sgd", loss="mse")
+    logger = OrthoLogger()
+    history = model.fit(rng.normal(size=(8, 6)), np.zeros((8, 5)), epochs=1, verbose=0, callbacks=[logger])
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel).astype("float64")
+    penalty = reference.mean_penalty(kernel, 0.01) if reduction == "mean" else reference.penalty(kernel, 0.01)
+    np.testing.assert_allclose(history.history["ortho/penalty"][0], penalty, rtol=1e-5)
+    (path,) = logger.watched_paths
+    np.testing.assert_allclose(history.history[f"ortho/{path}"][0], reference.penalty(kernel), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "weight_logs,error", [("some", ValueError), (1, TypeError), (0, TypeError), (None, TypeError), (1.0, TypeError)]
 )
 def test_weight_logs_is_auto_or_a_bool(weight_logs, error):
     """1 would pass an `in ("auto", True, False)` check, then act as False: only a bool or "auto" is taken."""
-    with pytest.raises(error, match=rf"`weight_logs`.*Received: weight_logs={weight_logs!r}"):
+    with pytest.raises(
+        error, match=rf'`weight_logs` must be "auto", True or False.*Received: weight_logs={weight_logs!r}'
+    ):
         OrthoLogger(weight_logs=weight_logs)
 
 
@@ -569,3 +585,21 @@ def test_summaries_without_tensorflow_say_what_to_install(monkeypatch):
     )
     with pytest.raises(ImportError, match=r"log_dir='logs'.*tensorflow.*`pip install tensorflow`"):
         OrthoLogger(log_dir="logs")
+
+
+def test_a_model_whose_kernels_mostly_carry_no_regularizer_is_named_when_fit_begins():
+    # One of eight kernels regularized: what a model saved after `regularize` reloads as when its layers'
+    # configs drop the regularizer (keras-hub backbones).
+    layers = [keras.Input((4,))]
+    layers += [
+        keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01) if i == 0 else None)
+        for i in range(8)
+    ]
+    model = keras.Sequential(layers)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(RuntimeWarning, match=r"only 1 of the 8 kernels of '.*' carry an OrthoRegularizer"):
+        model.fit(np.zeros((4, 4)), np.zeros((4, 4)), verbose=0, callbacks=[OrthoLogger()])
+    keras_ortho.regularize(model, keras_ortho.OrthoRegularizer(0.01))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model.fit(np.zeros((4, 4)), np.zeros((4, 4)), verbose=0, callbacks=[OrthoLogger()])

@@ -80,7 +80,23 @@ def backbone_regularized():
     keras_ortho.regularize(backbone, keras_ortho.OrthoRegularizer(0.01))
 
 
+def few_carrying():
+    layers = [
+        keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer() if i == 0 else None) for i in range(8)
+    ]
+    model = keras.Sequential([keras.Input((4,)), *layers], name="model")
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((2, 4)), np.zeros((2, 4)), verbose=0, callbacks=[keras_ortho.OrthoLogger()])
+
+
 CASES = {
+    "OrthoLogger: only N of the M kernels": lambda: warned(few_carrying),
+    "lipschitz_bound cannot bound layer": lambda: raised(
+        lambda: keras_ortho.lipschitz_bound(
+            keras.Sequential([keras.Input((4,)), keras.layers.LayerNormalization(name="norm")])
+        ),
+        ValueError,
+    ),
     "Argument `mode`: a 3x8 slice": lambda: raised(
         lambda: keras_ortho.OrthoConstraint(mode="columns")(np.ones((3, 8), "float32")), ValueError
     ),

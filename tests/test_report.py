@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,15 @@ def custom_model(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_plot_adds_no_start_up_lines(saved_model, tmp_path):
+    _, directory = saved_model
+    result = run_cli("report", directory / "model.keras", "--plot", tmp_path / "errors.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no TensorFlow start-up lines, as without --plot
+    assert (tmp_path / "errors.png").is_file()
+
+
+@pytest.mark.slow
 def test_custom_layers_load_after_import_and_the_table_is_all_there_is(custom_model):
     model, directory = custom_model
     without = run_cli("report", "custom.keras", cwd=directory)
@@ -305,3 +315,21 @@ def test_each_kernel_is_measured_and_named_by_its_regularizers_norm(tmp_path, ca
     assert status == 0
     assert "||G_i||_F^2 (fro)" in head and "|lambda|_max(G_i) (spectral)" in head and "sum |G_i|" not in head
     assert table.split()[-1] == "norm"
+
+
+def test_the_report_counts_the_kernels_that_carry_no_regularizer(tmp_path, capsys):
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer(0.01), name="a"),
+            keras.layers.Dense(4, name="b"),
+            keras.layers.Dense(2, name="c"),
+        ]
+    )
+    model.save(tmp_path / "model.keras")
+    status, out, _ = run_main(capsys, "report", tmp_path / "model.keras")
+    assert status == 0 and "2 of the model's 3 kernels carry no OrthoRegularizer" in out
+    kernel = model.get_layer("a").kernel.numpy().astype("float64")
+    (penalty,) = re.findall(r"penalty in the loss: (\S+) ", out)
+    np.testing.assert_allclose(float(penalty), reference.penalty(kernel, 0.01), rtol=1e-5)
+    assert run_json(capsys, tmp_path / "model.keras")["kernels_without_regularizer"] == 2
