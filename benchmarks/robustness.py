@@ -30,6 +30,7 @@ and `results/robustness.json` (`robustness_quick.*` with `--quick`).
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -140,7 +141,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two epochs, one seed: checks that the script runs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
+    parser.add_argument("--render", action="store_true", help="write the table again from the saved .json")
     args = parser.parse_args(argv)
+    stem = args.out / ("robustness_quick" if args.quick else "robustness")
+    if args.render:
+        stem.with_suffix(".md").write_text(markdown(json.loads(stem.with_suffix(".json").read_text())))
+        return
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1; received {args.seeds}")
     epochs, seeds = (2, 1) if args.quick else (60, args.seeds)
@@ -172,7 +178,6 @@ def main(argv=None):
         "sweeps": sweeps,
         "runs": runs,
     }
-    stem = args.out / ("robustness_quick" if args.quick else "robustness")
     args.out.mkdir(parents=True, exist_ok=True)
     harness.write_json(stem.with_suffix(".json"), record)
     stem.with_suffix(".md").write_text(markdown(record))
@@ -191,7 +196,8 @@ def markdown(record):
     ]
     for variant in VARIANTS:
         runs = [r for r in record["runs"] if r["variant"] == variant]
-        row = [variant, record["chosen"][variant], cell([r["bound"] for r in runs]).replace(".000", "")]
+        bounds = [r["bound"] for r in runs]
+        row = [variant, record["chosen"][variant], f"{np.mean(bounds):.4g} ± {np.std(bounds):.2g}"]
         row.append(cell([r["pgd"]["0.0"] for r in runs]))
         for eps in RADII[1:]:
             certified = cell([r["certified"][str(eps)] for r in runs])
@@ -208,8 +214,17 @@ def markdown(record):
         f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), Keras {machine['keras']}, "
         f"TensorFlow {machine['tensorflow']}.",
         "",
+        "The loss sweep (seed 0, validation): certified accuracy at radius "
+        f"{SELECTION_RADIUS}, then clean accuracy, of each variant with each loss.",
+        "",
+        "| variant | " + " | ".join(name for name, *_ in LOSSES) + " |",
+        "|---|" + "---|" * len(LOSSES),
     ]
-    return "\n".join(lines)
+    for variant in VARIANTS:
+        cells = {r["loss"]: r for r in record["sweeps"] if r["variant"] == variant}
+        shown = [f"{cells[n]['val_certified']:.3f}, {cells[n]['val_clean']:.3f}" for n, *_ in LOSSES if n in cells]
+        lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -201,10 +201,10 @@ def hermitian_norm_bound(gr, gi, iterations):
         norm = keras.ops.sqrt(keras.ops.sum(gr * gr + gi * gi, axis=axes)) + tiny
         gr, gi = gr / norm[..., None, None], gi / norm[..., None, None]
         log_scale = 2.0 * (log_scale + keras.ops.log(norm))
-        gr, gi = (
-            keras.ops.matmul(gr, gr) - keras.ops.matmul(gi, gi),
-            keras.ops.matmul(gr, gi) + keras.ops.matmul(gi, gr),
-        )
+        # G^2 for G = gr + i gi Hermitian (gr symmetric, gi antisymmetric): gi gr = -(gr gi)^T, so three
+        # products make it, not four.
+        cross = keras.ops.matmul(gr, gi)
+        gr, gi = keras.ops.matmul(gr, gr) - keras.ops.matmul(gi, gi), cross - keras.ops.swapaxes(cross, -1, -2)
     norm = keras.ops.sqrt(keras.ops.sum(gr * gr + gi * gi, axis=axes)) + tiny
     log_bound = (log_scale + keras.ops.log(norm)) / 2.0**iterations
     return keras.ops.exp(keras.ops.max(log_bound)) * ROUNDING_MARGIN**2

@@ -82,8 +82,9 @@ class OrthoLogger(keras.callbacks.Callback):
             `logs["sigma_min/<path>"]` per convolution (with `weight_logs`'
             rule: over 8 convolutions, `logs["sigma_max"]` and
             `logs["sigma_min"]`, the largest and smallest over all of them),
-            kept in `singular_values_record`. The largest is the layer's
-            Lipschitz constant. A model whose convolutions' input sizes are
+            kept in `singular_values_record`. They are the circular
+            operator's; for a bound under Keras's zero padding use
+            `lipschitz=True`. A model whose convolutions' input sizes are
             unknown is refused when `fit` begins.
         lipschitz: False (default); True also computes, at every epoch end,
             `keras_ortho.lipschitz_bound` of the model (`logs["lipschitz"]`)

@@ -68,6 +68,40 @@ def test_mirrored_strategy_trains_like_one_device(mirrored):
         np.testing.assert_allclose(mirrored_logger.errors[path], single_logger.errors[path], rtol=1e-5)
 
 
+def lipschitz_cnn():
+    keras.utils.set_random_seed(0)
+    constraint = keras_ortho.LipschitzConstraint(0.5)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_constraint=constraint),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, kernel_constraint=constraint),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    return model
+
+
+@tf_distribute
+def test_the_lipschitz_constraint_under_mirrored_strategy_steps_like_one_device(mirrored):
+    """Each replica applies the constraint to the same all-reduced weights: the result is one device's."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6, 6, 2)).astype("float32") * 3, rng.normal(size=(32, 2)).astype("float32")
+    results = []
+    for strategy in (tf.distribute.get_strategy(), mirrored):
+        with strategy.scope():
+            model = lipschitz_cnn()
+        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+        results.append(model)
+    single, replicated = results
+    for a, b in zip(single.weights, replicated.weights, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert keras_ortho.lipschitz_bound(replicated) <= 0.25 * (1 + 1e-5)  # two kernels at most 0.5 each
+
+
 @tf_distribute
 def test_penalty_of_a_mirrored_variable_matches_reference(mirrored):
     import tensorflow as tf
