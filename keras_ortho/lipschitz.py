@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 from keras_ortho import _backend, _binding, _keras_compat, _lipschitz, _rules, _validation
 
@@ -117,7 +118,7 @@ def lipschitz_factors(model: keras.layers.Layer, iterations: int = DEFAULT_ITERA
     return _walk_model(model, _check_iterations(iterations))[1]
 
 
-def certified_radius(model: keras.layers.Layer, x, bound: float | None = None) -> np.ndarray:
+def certified_radius(model: keras.layers.Layer, x: ArrayLike, bound: float | None = None) -> np.ndarray:
     """For each example, the L2 radius within which the predicted class cannot change.
 
     With logits `z = f(x)`, the top class `c` and the margin
@@ -163,14 +164,18 @@ def certified_radius(model: keras.layers.Layer, x, bound: float | None = None) -
     return (top2[:, 1] - top2[:, 0]) / (math.sqrt(2.0) * bound)
 
 
-def certified_accuracy(model: keras.layers.Layer, x, y, radius: float, bound: float | None = None) -> float:
+def certified_accuracy(
+    model: keras.layers.Layer, x: ArrayLike, y: ArrayLike, radius: float, bound: float | None = None
+) -> float:
     """The share of examples classified right with a certified radius above `radius` (`certified_radius`).
 
     Args:
-        model, x, bound: as for `certified_radius`.
+        model: as for `certified_radius`.
+        x: a batch of inputs.
         y: the integer labels, `(batch,)`.
         radius: the L2 radius, at least 0; at 0 this is the clean accuracy
             (an example on a tie counts as wrong).
+        bound: as for `certified_radius`.
 
     Returns:
         float: the share, in [0, 1].
