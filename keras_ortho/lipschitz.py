@@ -437,6 +437,8 @@ def _layer_factor(layer, shape, iterations, name):
         return norm * _activation_constant(layer.activation, name), False
     if isinstance(layer, L.BatchNormalization):
         return _batch_norm_factor(layer), True
+    if isinstance(layer, L.Normalization):
+        return _normalization_factor(layer), True
     if isinstance(layer, L.Rescaling):
         return float(np.max(np.abs(np.asarray(layer.scale, dtype="float64")))), True
     if isinstance(layer, _AVERAGE_POOLS + _MAX_POOLS):
@@ -493,6 +495,12 @@ def _batch_norm_factor(layer):
     variance = keras.ops.convert_to_numpy(layer.moving_variance).astype("float64")
     gamma = keras.ops.convert_to_numpy(layer.gamma).astype("float64") if layer.scale else 1.0
     return float(np.max(np.abs(gamma) / np.sqrt(variance + layer.epsilon)))
+
+
+def _normalization_factor(layer):
+    """`max 1 / max(sqrt(var), eps)` (times, with `invert=True`): Keras's Normalization is a per-feature scaling."""
+    scale = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance).astype("float64")), keras.config.epsilon())
+    return float(np.max(scale if layer.invert else 1.0 / scale))
 
 
 def _pooling_factor(layer, size):

@@ -136,6 +136,14 @@ def test_batch_normalization_in_inference_is_its_largest_scale(rng):
     np.testing.assert_allclose(keras_ortho.lipschitz_bound(model), exact, rtol=1e-5)
 
 
+@pytest.mark.parametrize("invert", [False, True])
+def test_normalization_is_its_largest_scale(invert, rng):
+    layer = L.Normalization(mean=np.zeros(5), variance=rng.uniform(0.1, 3.0, 5), invert=invert)
+    model = keras.Sequential([keras.Input((5,)), layer])
+    exact = np.linalg.norm(operator_of(layer, (5,)), 2)
+    np.testing.assert_allclose(keras_ortho.lipschitz_bound(model), exact, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "make, shape",
     [
@@ -538,3 +546,31 @@ def test_the_report_says_which_layer_it_cannot_bound(tmp_path, capsys):
     capsys.readouterr()
     assert report_main(["report", str(tmp_path / "model.keras"), "--lipschitz"]) == 1
     assert "--lipschitz: lipschitz_bound cannot bound layer 'norm' (LayerNormalization)" in capsys.readouterr().err
+
+
+# --- Real models ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10),
+        lambda: keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3), classes=10),
+    ],
+    ids=["MobileNetV2", "DenseNet121"],
+)
+def test_a_real_models_bound_is_above_its_difference_quotients(make, rng):
+    model = make()
+    bound = keras_ortho.lipschitz_bound(model)
+    factors = keras_ortho.lipschitz_factors(model)
+    assert len(factors) >= len(model.layers) - 1  # every layer but the input, merges counted once
+    assert quotients(model, rng, (32, 32, 3), pairs=16).max() <= bound
+
+
+@pytest.mark.slow
+def test_a_real_model_with_a_layer_it_cannot_bound_is_refused_by_name():
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
+    # The squeeze-and-excitation blocks multiply two signals: no constant bounds a product.
+    with pytest.raises(ValueError, match=r"cannot bound layer 'block1a_se_excite' \(Multiply\)"):
+        keras_ortho.lipschitz_bound(model)
