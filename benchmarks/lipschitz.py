@@ -1,7 +1,7 @@
 """Lipschitz bounds: how tight, how fast, and what the constraint costs a training step, per backend.
 
     python benchmarks/lipschitz.py            # each backend installed; ResNet50 for speed
-    python benchmarks/lipschitz.py --quick    # MobileNetV2 (alpha 0.35, 96 x 96): checks that the script runs
+    python benchmarks/lipschitz.py --quick    # MobileNetV2 (alpha 0.35, 32 x 32): checks that the script runs
 
 Three tables, each backend in a process of its own:
 
@@ -57,8 +57,8 @@ def speed_model(quick):
     import keras
 
     if quick:
-        return "MobileNetV2 (alpha 0.35, 96 x 96)", keras.applications.MobileNetV2(
-            weights=None, alpha=0.35, input_shape=(96, 96, 3)
+        return "MobileNetV2 (alpha 0.35, 32 x 32)", keras.applications.MobileNetV2(
+            weights=None, alpha=0.35, input_shape=(32, 32, 3)
         )
     return "ResNet50 (224 x 224)", keras.applications.ResNet50(weights=None)
 
@@ -246,7 +246,7 @@ def markdown(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="MobileNetV2 at alpha 0.35, few rounds")
+    parser.add_argument("--quick", action="store_true", help="MobileNetV2 at alpha 0.35 on 32 x 32, few rounds")
     parser.add_argument("--backends", default=None, help="comma-separated Keras backends (default: each installed)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
