@@ -908,13 +908,12 @@ def short_table(tasks, variants, record):
             cells = summary.get(judged.name, {})
             runs = sum(cell["seeds"] for cell in cells.values())
             planned = seeds * sum(applicable(judged, v) is None for v in variants)
-            use = (
-                "not run yet"
-                if outcome == "not run"
-                else ", ".join(f"`{w}`" for w in winners)
-                if winners
-                else "nothing measured here helps"
-            )
+            metric = "test_" + judged.score[0]
+            solves = [w for w in winners if cells[w][metric][0] < 0.5 * judged.baseline]
+            gains = [w for w in winners if w not in solves]
+            parts = [f"{', '.join(f'`{w}`' for w in solves)} (below half the baseline)"] if solves else []
+            parts += [f"a small gain: {', '.join(f'`{w}`' for w in gains)}"] if gains else []
+            use = "not run yet" if outcome == "not run" else "; ".join(parts) or "nothing measured here helps"
             if outcome != "not run" and runs < planned:
                 use += f" (provisional: {runs} of {planned} runs of {judged.name})"
             metric = "test_" + judged.score[0]
