@@ -101,3 +101,19 @@ def test_schedule_and_target_under_data_parallel_train_like_one_device(tmp_path)
         assert len(one["scales"]) == 3 and len(set(one["scales"])) > 1, (callback, one["scales"])  # it acts
         np.testing.assert_allclose(parallel["scales"], one["scales"], rtol=1e-5, err_msg=callback)
         np.testing.assert_allclose(parallel["kernel"], one["kernel"], rtol=1e-5, atol=1e-6, err_msg=callback)
+
+
+@pytest.mark.parametrize("case", ["data_parallel", "model_parallel"])
+def test_the_lipschitz_constraint_under_keras_distribution_steps_like_one_device(case, tmp_path):
+    out = tmp_path / "weights.npz"
+    run_on_four_devices("tests/jax_lipschitz_train.py", case, out)
+    records = dict(np.load(out))
+    if case == "model_parallel":
+        specs = ast.literal_eval(str(records["specs"]))
+        assert [spec for path, spec in specs.items() if path.endswith("dense/kernel")] == ["P(None, 'model')"], specs
+    count = sum(key.startswith("single_") and key != "single_bound" for key in records)
+    assert count == 4  # two kernels, two biases
+    for i in range(count):
+        np.testing.assert_allclose(records[f"sharded_{i}"], records[f"single_{i}"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(records["bound"], records["single_bound"], rtol=1e-5)
+    assert records["bound"] <= 0.25 * (1 + 1e-5)  # two kernels held at 0.5
