@@ -244,7 +244,7 @@ class LipschitzConstraint(keras.constraints.Constraint):
         variable, _ = _binding.weight_behind(w, self, "constraint")
         layer = None if variable is None else _binding.layer_of(variable)
         tensor = keras.ops.convert_to_tensor(w)
-        norm = _kernel_norm(layer, variable, keras.ops.cast(tensor, "float32"), self.iterations, traced=True)
+        norm = _kernel_norm(layer, variable, keras.ops.cast(tensor, "float32"), self.iterations)
         scale = keras.ops.minimum(1.0, self.bound / norm)
         return tensor * keras.ops.cast(scale, tensor.dtype)
 
@@ -498,7 +498,7 @@ def _batch_norm_factor(layer):
 
 
 def _normalization_factor(layer):
-    """`max 1 / max(sqrt(var), eps)` (times, with `invert=True`): Keras's Normalization is a per-feature scaling."""
+    """Keras's Normalization scales each feature: `max 1 / max(sqrt(var), eps)`, `max max(sqrt(var), eps)` inverted."""
     scale = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance).astype("float64")), keras.config.epsilon())
     return float(np.max(scale if layer.invert else 1.0 / scale))
 
@@ -616,7 +616,7 @@ def _conv_norm_of(kernel, geometry, iterations):
     return _lipschitz.operator_norm_bound(kernel, geometry, cos, sin, iterations)
 
 
-def _kernel_norm(layer, variable, tensor, iterations, traced):
+def _kernel_norm(layer, variable, tensor, iterations):
     """The constraint's `B(W)`: the bound on the operator `layer` applies with the kernel `tensor`.
 
     A weight no layer of ours holds (a tensor of the user's own) is read as
