@@ -101,3 +101,22 @@ def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
+
+
+def run_in_backend_processes(script, backends, quick):
+    """`[(backend, result)]`: `script --worker BACKEND [--quick]` in a process per backend; its last line, as JSON.
+
+    `backends` is a comma-separated string, or None for each one installed.
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    names = backends.split(",") if backends else [b for b in EXECUTION if importlib.util.find_spec(b) is not None]
+    results = []
+    for backend in names:
+        command = [sys.executable, str(script), "--worker", backend] + (["--quick"] if quick else [])
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
+        results.append((backend, json.loads(done.stdout.strip().splitlines()[-1])))
+    return results

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,8 +36,6 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-
-BACKENDS = ("tensorflow", "jax", "torch")
 
 # (name, layer constructor arguments, input shape): the tightness table's convolutions.
 CONVOLUTIONS = (
@@ -254,19 +251,11 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.quick)))
         return
-    import importlib.util
-
-    installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-    backends = args.backends.split(",") if args.backends else installed
     out = args.out or HERE / "results"
     out.mkdir(parents=True, exist_ok=True)
     results = {"machine": harness.machine_stamp(), "quick": args.quick, "rows": []}
-    for backend in backends:
-        command = [sys.executable, __file__, "--worker", backend] + (["--quick"] if args.quick else [])
-        done = subprocess.run(
-            command, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "KERAS_BACKEND": backend}
-        )
-        results["rows"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for backend, row in harness.run_in_backend_processes(__file__, args.backends, args.quick):
+        results["rows"].append(row)
         print(f"{backend}: done", flush=True)
     stem = "lipschitz_quick" if args.quick else "lipschitz"
     harness.write_json(out / f"{stem}.json", results)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -29,7 +28,6 @@ sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
 
-BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("ResNet50", "ConvNeXtTiny")
 QUICK_MODELS = ("MobileNetV2",)
 
@@ -175,19 +173,11 @@ def main(argv=None):
     if args.worker:
         print(json.dumps([measure(name, rounds) for name in models]))
         return
-    import importlib.util
-
-    installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-    backends = args.backends.split(",") if args.backends else installed
     out = args.out or HERE / "results"
     out.mkdir(parents=True, exist_ok=True)
     results = {"machine": harness.machine_stamp(), "quick": args.quick, "rows": []}
-    for backend in backends:
-        command = [sys.executable, __file__, "--worker", backend] + (["--quick"] if args.quick else [])
-        done = subprocess.run(
-            command, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "KERAS_BACKEND": backend}
-        )
-        for row in json.loads(done.stdout.strip().splitlines()[-1]):
+    for backend, rows in harness.run_in_backend_processes(__file__, args.backends, args.quick):
+        for row in rows:
             row["backend"] = backend
             results["rows"].append(row)
             ms = row["ms"]

@@ -171,17 +171,22 @@ def lipschitz(model):
     return {"bound": bound, "layers": [f._asdict() for f in factors]}
 
 
+def aligned(headers, rows):
+    """The lines of a plain-text table: the headers, a rule, the rows, each column padded to its widest cell."""
+    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, ["-" * w for w in widths]] + rows
+    ]
+
+
 def format_lipschitz(document):
     """A plain-text table of `lipschitz`'s per-layer factors, then the bound."""
     headers = ["layer", "kind", "factor", ""]
     rows = [
         [e["layer"], e["kind"], f"{e['factor']:.4g}", "exact" if e["exact"] else "bound"] for e in document["layers"]
     ]
-    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, ["-" * w for w in widths]] + rows
-    ]
+    lines = aligned(headers, rows)
     head = f"Lipschitz bound of the model (L2, at its input size): {document['bound']:.6g}, from {len(rows)} layer(s)"
     return head + "\n" + "\n".join(lines) + "\n"
 
@@ -194,11 +199,7 @@ def format_singular_values(entries):
     rows = [
         [e["path"], "x".join(map(str, e["input_size"])), f"{e['largest']:.4g}", f"{e['smallest']:.4g}"] for e in entries
     ]
-    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, ["-" * w for w in widths]] + rows
-    ]
+    lines = aligned(headers, rows)
     head = f"{len(entries)} convolution(s): singular values of the operator on a circular image (largest: Lipschitz)"
     return head + "\n" + "\n".join(lines) + "\n"
 
@@ -226,11 +227,7 @@ def format_table(model_path, entries):
     ]
     if len(norms) > 1:
         headers.append("norm")
-    widths = [max(len(r[c]) for r in rows + [headers]) for c in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, ["-" * w for w in widths]] + rows
-    ]
+    lines = aligned(headers, rows)
     measures = ", ".join(f"{measure} ({norm})" for norm, measure in norms.items())
     if len(norms) == 1:
         head = f"error of a slice = {measures}"
