@@ -614,10 +614,11 @@ def choose_factors(sweeps, tasks, factors):
         metric, higher = task.score
         score = run[f"val_{metric}"]
         scores.setdefault(task.family, {}).setdefault(run["variant"], {})[run["factor"]] = score if higher else -score
-    return {
+    chosen = {
         family: {v: max(row, key=row.get) for v, row in cells.items() if set(row) == set(factors)}
         for family, cells in scores.items()
     }
+    return {family: cells for family, cells in chosen.items() if cells}  # a family whose sweeps are all partial: none
 
 
 def first_of_families(tasks):
@@ -821,7 +822,9 @@ def markdown(tasks, variants, summary, sweeps, chosen, tried, meta):
     lines.append("")
     lines += ["## Factor sweeps", "", "Validation score of each factor, seed 0; the chosen one in bold.", ""]
     for family, cells in chosen.items():
-        task = next(t for t in tasks if t.family == family)
+        task = next((t for t in tasks if t.family == family), None)
+        if task is None:  # its sweep is saved, none of its tasks' runs yet
+            continue
         metric, higher = task.score
         factors = sorted({r["factor"] for r in sweeps if r["task"] == task.name})
         lines += [
@@ -903,21 +906,25 @@ def short_table(tasks, variants, record):
         if figures == "verdict":
             if not family_tasks:
                 continue
-            judged = _judged(family_tasks)
-            outcome, winners = verdict(family_tasks, summary)
-            cells = summary.get(judged.name, {})
-            runs = sum(cell["seeds"] for cell in cells.values())
-            planned = seeds * sum(applicable(judged, v) is None for v in variants)
-            metric = "test_" + judged.score[0]
-            solves = [w for w in winners if cells[w][metric][0] < 0.5 * judged.baseline]
-            gains = [w for w in winners if w not in solves]
-            parts = [f"{', '.join(f'`{w}`' for w in solves)} (below half the baseline)"] if solves else []
-            parts += [f"a small gain: {', '.join(f'`{w}`' for w in gains)}"] if gains else []
-            use = "not run yet" if outcome == "not run" else "; ".join(parts) or "nothing measured here helps"
-            if outcome != "not run" and runs < planned:
-                use += f" (provisional: {runs} of {planned} runs of {judged.name})"
-            metric = "test_" + judged.score[0]
-            figures = [(judged.name, metric, tuple(v.name for v in variants if v.name in cells))]
+            outcome, _ = verdict(family_tasks, summary)
+            parts, figures = [], []
+            for task in sorted(family_tasks, key=lambda t: t.size):
+                cells = summary.get(task.name, {})
+                metric = "test_" + task.score[0]
+                if "none" not in cells:
+                    continue
+                higher = task.score[1]
+                winners = [v for v in cells if v != "none" and helps(cells[v], cells["none"], metric, higher)]
+                solves = [w for w in winners if cells[w][metric][0] < 0.5 * task.baseline]
+                gains = [w for w in winners if w not in solves]
+                said = [f"{', '.join(f'`{w}`' for w in solves)} below half the baseline"] if solves else []
+                said += [f"a small gain from {', '.join(f'`{w}`' for w in gains)}"] if gains else []
+                runs = sum(cell["seeds"] for cell in cells.values())
+                planned = seeds * sum(applicable(task, v) is None for v in variants)
+                partial = f" (provisional: {runs} of {planned} runs)" if runs < planned else ""
+                parts.append(f"{task.name}: {'; '.join(said) or 'nothing helps'}{partial}")
+                figures.append((task.name, metric, tuple(v.name for v in variants if v.name in cells)))
+            use = "not run yet" if outcome == "not run" else "; ".join(parts)
         measured = []
         for task_name, metric, names in figures:
             cells = summary.get(task_name, {})
