@@ -42,7 +42,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from keras_ortho import _conv
+from keras_ortho import _conv, ops
 
 # float32 rounding (a relative 6e-8 per operation, growing with the sums in each product, halved by each
 # root the Gram iteration takes): every computed bound is raised by this factor, 30 times float32's epsilon.
@@ -167,13 +167,9 @@ def operator_norm_bound(kernel, geometry, cos, sin, iterations):
         iterations: `T` of the Gram iteration.
     """
     plan = geometry.plan
-    kernel = dilate(kernel, geometry.dilation)
-    if any(plan.pad):
-        kernel = keras.ops.pad(kernel, [(0, p) for p in plan.pad] + [(0, 0), (0, 0)])
-    stack = keras.ops.transpose(keras.ops.reshape(kernel, plan.view), plan.perm)
-    positions = math.prod(plan.grid)
+    stack = ops.to_stack(dilate(kernel, geometry.dilation), plan)  # (groups, rows, P * block), as the penalty reads it
     # X: (groups, rows, P, block) -> each frequency's matrix, real and imaginary parts: (F, groups, rows, block).
-    x = keras.ops.reshape(stack, (plan.num_slices, plan.rows, positions, plan.block))
+    x = keras.ops.reshape(stack, (plan.num_slices, plan.rows, math.prod(plan.grid), plan.block))
     real = keras.ops.einsum("fp,grpb->fgrb", cos, x)
     imag = -keras.ops.einsum("fp,grpb->fgrb", sin, x)
     return complex_norm_bound(real, imag, iterations)

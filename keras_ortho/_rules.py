@@ -124,6 +124,18 @@ def own_every_weight(layer):
     return _keras_compat.own_trainable_variables(layer) + _keras_compat.own_non_trainable_variables(layer)
 
 
+def kernels(model):
+    """`(layer, variable, role)` for each kernel of the model's trainable layers, frozen ones too.
+
+    What `regularize` and `constrain` choose from, and what the monitors count.
+    """
+    for layer in layers_of(model):
+        for variable in own_weights_if_trainable(layer):
+            role = kernel_attribute(layer, variable)
+            if role is not None and len(variable.shape) >= 2:
+                yield layer, variable, role
+
+
 def own_weights_if_trainable(layer):
     """All the own weights of a trainable layer, frozen ones too (LoRA's kernel, int8 kernels)."""
     return own_every_weight(layer) if layer.trainable else []

@@ -76,25 +76,19 @@ def penalty_in_loss(variable):
     return None if regularizer is None else float(ops.convert_to_numpy(regularizer(variable)))
 
 
-def carrying_share(model):
-    """`(with an OrthoRegularizer, kernels that could carry one)` among `model`'s trainable kernels.
+def can_train(variable):
+    """A trainable floating-point weight: Keras collects its regularizer's loss."""
+    return variable.trainable and holds_matrices(variable)
 
-    A kernel could carry one where keras_ortho has a rule for it (every
-    kernel `regularize` would take, single vectors included).
+
+def carrying_share(model):
+    """`(with an OrthoRegularizer, kernels that could carry one)` among the kernels of `model` that can train.
+
+    The kernels are those `regularize` chooses from (single vectors included).
     """
     _binding.assign_rules(model)
-    kernels = [
-        v for layer, v, _ in _kernels_of(model) if holds_matrices(v) and any(v is w for w in model.trainable_weights)
-    ]
+    kernels = [v for _, v, _ in _rules.kernels(model) if can_train(v)]
     return sum(ortho_regularizer_of(v) is not None for v in kernels), len(kernels)
-
-
-def _kernels_of(model):
-    for layer in _rules.layers_of(model):
-        for variable in _rules.own_trainable_weights(layer):
-            role = _rules.kernel_attribute(layer, variable)
-            if role is not None:
-                yield layer, variable, role
 
 
 def warn_if_few_carry(model, who):

@@ -151,7 +151,11 @@ def certified_radius(model: keras.layers.Layer, x: ArrayLike, bound: float | Non
         >>> keras_ortho.certified_radius(model, np.array([[3.0, 1.0]], "float32")).round(3)  # 2 / sqrt(2)
         array([1.414])
     """
-    logits = _logits(model, x)
+    return _radii(model, _logits(model, x), bound)
+
+
+def _radii(model, logits, bound):
+    """`certified_radius` of the model's `logits`, with `bound` or the model's own."""
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(
             f"certified_radius reads the model's output as (batch, classes) logits with two or more classes; "
@@ -195,7 +199,7 @@ def certified_accuracy(
     """
     radius = _validation.check_non_negative("radius", radius)
     logits = _logits(model, x)
-    radii = certified_radius(model, x, bound=lipschitz_bound(model) if bound is None else bound)
+    radii = _radii(model, logits, bound)
     right = np.argmax(logits, axis=1) == np.asarray(y).reshape(-1)
     return float(np.mean(right & (radii > radius)))
 
@@ -658,14 +662,12 @@ def _logits(model, x):
     """The model's output on `x`, read before a final softmax, as float64 numpy."""
     last = model.layers[-1] if getattr(model, "layers", None) else None
     softmax_activation = getattr(last, "activation", None) is keras.activations.softmax
-    if isinstance(last, (L.Softmax,)) or (isinstance(last, L.Activation) and softmax_activation):
-        before = keras.Model(model.inputs[0], last.input)
-        return keras.ops.convert_to_numpy(before(x)).astype("float64")
-    if softmax_activation and isinstance(last, (L.Dense,)):
-        before = keras.Model(model.inputs[0], last.input)
-        hidden = before(x)
-        logits = keras.ops.matmul(hidden, last.kernel)
-        if last.use_bias:
-            logits = logits + last.bias
-        return keras.ops.convert_to_numpy(logits).astype("float64")
-    return keras.ops.convert_to_numpy(model(x)).astype("float64")
+    softmax_layer = isinstance(last, L.Softmax) or (isinstance(last, L.Activation) and softmax_activation)
+    dense_softmax = softmax_activation and isinstance(last, L.Dense)
+    if not (softmax_layer or dense_softmax):
+        return keras.ops.convert_to_numpy(model(x)).astype("float64")
+    logits = keras.Model(model.inputs[0], last.input)(x)
+    if dense_softmax:  # the layer's linear part
+        logits = keras.ops.matmul(logits, last.kernel)
+        logits = logits + last.bias if last.use_bias else logits
+    return keras.ops.convert_to_numpy(logits).astype("float64")

@@ -317,9 +317,9 @@ def _choose(model, obj, kind, include, exclude):
     _binding.assign_rules(model)
     names = _rules.weight_names(model)
     chosen, frozen, vectors = [], [], []
-    for layer, variable, role in _kernels(model):
+    for layer, variable, role in _rules.kernels(model):
         path = names[id(variable)]
-        if not _can_train(variable):
+        if not _watch.can_train(variable):
             reason = _why_frozen(layer)
             if reason is not None and obj is not None:
                 frozen.append(f"'{path}' ({reason})")
@@ -440,23 +440,6 @@ def _share_kernel_arguments(model, kind):
             )
 
 
-def _kernels(model):
-    """`(layer, variable, role)` for each kernel of the model's trainable layers, frozen ones too.
-
-    See `regularize`; `_can_train` tells the kernels a regularizer can act on.
-    """
-    for layer in _rules.layers_of(model):
-        for variable in _rules.own_weights_if_trainable(layer):
-            role = _rules.kernel_attribute(layer, variable)
-            if role is not None and len(variable.shape) >= 2:
-                yield layer, variable, role
-
-
-def _can_train(variable):
-    """A trainable floating-point weight: Keras collects its regularizer's loss."""
-    return variable.trainable and _watch.holds_matrices(variable)
-
-
 def _why_frozen(layer):
     """Why a trainable layer's kernel cannot train, in words, where a user would not expect it."""
     if getattr(layer, "lora_enabled", False):
@@ -475,7 +458,7 @@ def _shown(items, count=3, show=repr):
 
 def _some_kernel_paths(model, count=3):
     names = _rules.weight_names(model)
-    paths = [names[id(variable)] for _, variable, _ in _kernels(model) if _can_train(variable)][:count]
+    paths = [names[id(variable)] for _, variable, _ in _rules.kernels(model) if _watch.can_train(variable)][:count]
     return ", ".join(repr(p) for p in paths) if paths else "(none: the model has no kernel)"
 
 
@@ -505,7 +488,9 @@ def _warn_if_configs_drop(model, paths, kind=_REGULARIZER):
     except Exception:  # a model without a config cannot be saved with one either
         return
     rebuilt_names = _rules.weight_names(rebuilt)
-    carried = {rebuilt_names[id(v)] for _, v, _ in _kernels(rebuilt) if _can_train(v) and kind.of(v) is not None}
+    carried = {
+        rebuilt_names[id(v)] for _, v, _ in _rules.kernels(rebuilt) if _watch.can_train(v) and kind.of(v) is not None
+    }
     dropped = [p for p in paths if p not in carried]
     if dropped:
         warnings.warn(
