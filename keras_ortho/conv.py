@@ -137,20 +137,25 @@ def _per_axis(input_size, dims, path):
     return sizes
 
 
-def _layer_input_size(layer, geometry, path):
-    """The spatial size of the image `layer`'s operator `A` acts on: from the model's graph, else from its build.
+def layer_shape(layer, output=False):
+    """The shape of `layer`'s input (`output`: its output) in its model, else from its build; None if unknown.
 
     A layer that another layer calls inside its own `call` (keras-hub's ViT
     patch embedding) has no place in the model's graph; the shape it was
     built with (`get_build_config`) says the same.
     """
     try:
-        shape = tuple((layer.output if geometry.transposed else layer.input).shape)
+        return tuple((layer.output if output else layer.input).shape)
     except (AttributeError, ValueError):
         built = (layer.get_build_config() or {}).get("input_shape")
-        shape = None if built is None else tuple(built)
-        if shape is not None and geometry.transposed:
-            shape = tuple(layer.compute_output_shape(shape))
+        if built is None:
+            return None
+        return tuple(layer.compute_output_shape(tuple(built))) if output else tuple(built)
+
+
+def _layer_input_size(layer, geometry, path):
+    """The spatial size of the image `layer`'s operator `A` acts on (`layer_shape`)."""
+    shape = layer_shape(layer, output=geometry.transposed)
     dims = len(geometry.strides)
     if shape is not None and len(shape) == dims + 2:
         channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"

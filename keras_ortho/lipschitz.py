@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
-from keras_ortho import _backend, _binding, _keras_compat, _lipschitz, _rules, _validation
+from keras_ortho import _backend, _binding, _keras_compat, _lipschitz, _rules, _validation, conv
 
 __all__ = [
     "LayerFactor",
@@ -643,16 +643,13 @@ def _kernel_norm(layer, variable, tensor, iterations):
 
 
 def _layer_input_shape(layer):
-    try:
-        return tuple(layer.input.shape)
-    except (AttributeError, ValueError):
-        built = (layer.get_build_config() or {}).get("input_shape")
-        if built is None:
-            raise ValueError(
-                f"LipschitzConstraint needs the input size of layer '{layer.name}' ({type(layer).__name__}), "
-                "which its model does not fix. Build the model on `keras.Input` of a fixed size."
-            ) from None
-        return tuple(built)
+    shape = conv.layer_shape(layer)
+    if shape is None:
+        raise ValueError(
+            f"LipschitzConstraint needs the input size of layer '{layer.name}' ({type(layer).__name__}), "
+            "which its model does not fix. Build the model on `keras.Input` of a fixed size."
+        )
+    return shape
 
 
 # --- Logits ---------------------------------------------------------------------------------------------------
