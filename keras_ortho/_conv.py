@@ -219,7 +219,11 @@ def to_operator_stack(kernel, plan):
 
 
 def extreme_singular_values(kernel, geometry, input_size):
-    """`(largest, smallest)` singular value of the layer's operator on a circular image of `input_size`.
+    """`(largest, smallest)` singular value of the layer's operator on a circular image of `input_size`, in numpy.
+
+    `conv_singular_values` computes the same on the backend; this float64
+    form is what it computed before, and `benchmarks/lipschitz.py` times it
+    as the baseline on the host.
 
     Sedghi, Gupta and Long 2019, generalized to strides by the polyphase
     kernel (module docstring): the operator is block diagonal in the DFT

@@ -119,7 +119,7 @@ def conv_geometry(shape, geometry, input_size, padding, dilation):
     return LinearGeometry(plan, periods, dilation)
 
 
-def frequency_table(geometry):
+def frequency_table(geometry, dtype="float32"):
     """`(cos, sin)`, each `(F, P)`: `2 pi <w, d> / N` for the `F` frequencies `w` that stand for all.
 
     `P` positions `d` of the polyphase kernel in row-major order. Along an
@@ -140,7 +140,7 @@ def frequency_table(geometry):
             angle.shape[0] * table.shape[0], angle.shape[1] * table.shape[1]
         )
     angle = 2 * np.pi * angle
-    return np.cos(angle).astype("float32"), np.sin(angle).astype("float32")
+    return np.cos(angle).astype(dtype), np.sin(angle).astype(dtype)
 
 
 def dilate(kernel, dilation):
@@ -166,13 +166,21 @@ def operator_norm_bound(kernel, geometry, cos, sin, iterations):
         cos, sin: its `frequency_table`, as tensors.
         iterations: `T` of the Gram iteration.
     """
-    plan = geometry.plan
-    stack = ops.to_stack(dilate(kernel, geometry.dilation), plan)  # (groups, rows, P * block), as the penalty reads it
-    # X: (groups, rows, P, block) -> each frequency's matrix, real and imaginary parts: (F, groups, rows, block).
+    real, imag = frequency_matrices(dilate(kernel, geometry.dilation), geometry.plan, cos, sin)
+    return complex_norm_bound(real, imag, iterations)
+
+
+def frequency_matrices(kernel, plan, cos, sin):
+    """`(real, imag)`, each `(F, groups, rows, block)`: the polyphase matrix of each frequency of `frequency_table`.
+
+    `K(w) = sum_d X_d e^(-2 pi i <w, d> / N)` over the polyphase positions
+    `d` of the stack `X` `(groups, rows, P * block)`, as the penalty reads it.
+    """
+    stack = ops.to_stack(kernel, plan)
     x = keras.ops.reshape(stack, (plan.num_slices, plan.rows, math.prod(plan.grid), plan.block))
     real = keras.ops.einsum("fp,grpb->fgrb", cos, x)
     imag = -keras.ops.einsum("fp,grpb->fgrb", sin, x)
-    return complex_norm_bound(real, imag, iterations)
+    return real, imag
 
 
 def complex_norm_bound(real, imag, iterations):

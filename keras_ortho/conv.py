@@ -1,11 +1,13 @@
 """`conv_singular_values`: each convolution of a model as the operator it applies, measured by its singular values."""
 
+import functools
+import math
 from typing import NamedTuple
 
 import keras
 import numpy as np
 
-from keras_ortho import _binding, _conv, _rules
+from keras_ortho import _backend, _binding, _conv, _lipschitz, _rules, ops
 
 __all__ = ["ConvSingularValues", "conv_singular_values"]
 
@@ -39,10 +41,10 @@ def conv_singular_values(
     Every `Conv1D/2D/3D` (grouped ones too), `Conv*Transpose`,
     `DepthwiseConv1D/2D` and both kernels of `SeparableConv1D/2D` is measured,
     at any depth of `model`; dilation changes no singular value. The cost is
-    about `prod(n / s) / 2` eigendecompositions of `min(cout, cin * prod(s))`-sided
-    Grams per layer, in numpy on the host (a 1x1 convolution needs one): on 2
-    cores, 0.4 s for ConvNeXtTiny, 0.7 s for MobileNetV2, 5 s for
-    EfficientNetV2B0 and 23 s for ResNet50, at their own input sizes.
+    about `prod(n / s) / 2` complex SVDs (values only) of `cout x cin * prod(s)`
+    matrices per layer (a 1x1 convolution needs one), computed by the backend
+    and compiled (`tf.function`, `jax.jit`; eager PyTorch), on the model's
+    device; `benchmarks/results/lipschitz.md` times ResNet50.
 
     Args:
         model: a Keras model or layer.
@@ -105,12 +107,49 @@ def plan_measurements(model, input_size=None):
 
 
 def measure(measurements):
-    """`{path: ConvSingularValues}` of the kernels' current values."""
+    """`{path: ConvSingularValues}` of the kernels' current values, computed by the backend."""
     results = {}
     for path, variable, geometry, size in measurements:
-        largest, smallest = _conv.extreme_singular_values(keras.ops.convert_to_numpy(variable), geometry, size)
-        results[path] = ConvSingularValues(largest, smallest, size)
+        kernel = _backend.current().to_tensor(variable)
+        shape = tuple(int(d) for d in kernel.shape)
+        largest, smallest = _compiled_extremes(shape, geometry, size, ops.compute_dtype(kernel.dtype))(kernel)
+        smallest = 0.0 if _has_unread_phases(shape, geometry) else _number(smallest)
+        results[path] = ConvSingularValues(_number(largest), smallest, size)
     return results
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_extremes(shape, geometry, size, dtype):
+    """The compiled `kernel -> (largest, smallest)` of one geometry (`_lipschitz.extreme_singular_values`).
+
+    Sedghi, Gupta and Long 2019, with strides by the polyphase kernel
+    (`_conv`): the operator on a circular image of `size` is block diagonal
+    in the DFT basis, one `rows x block` matrix per frequency of the output
+    grid `size / s` and per group. A transposed convolution has the values
+    of the convolution it is the adjoint of; a real kernel's matrices at
+    `w` and `-w` are conjugate, so half of the frequencies stand for all.
+    """
+    plan = _conv.plan_operator(shape, geometry._replace(transposed=False), "rows")
+    periods = tuple(n // s for n, s in zip(size, geometry.strides, strict=True))
+    cos, sin = _lipschitz.frequency_table(_lipschitz.LinearGeometry(plan, periods, (1,) * len(size)), dtype)
+
+    def extremes(kernel):
+        values = backend.complex_singular_values(*_lipschitz.frequency_matrices(kernel, plan, cos, sin))
+        return keras.ops.max(values), keras.ops.min(values)
+
+    backend = _backend.current()
+    return backend.for_measuring(extremes, jit_compile=False)
+
+
+def _number(tensor):
+    return float(keras.ops.convert_to_numpy(tensor))
+
+
+def _has_unread_phases(shape, geometry):
+    """Whether some input phases are read by no tap (a kernel shorter than its stride): their values are zeros."""
+    plan = _conv.plan_operator(shape, geometry._replace(transposed=False), "rows")
+    cin = 1 if geometry.per_channel else shape[-2]
+    return min(cin * math.prod(geometry.strides), plan.block) > min(plan.rows, plan.block)
 
 
 def convolution_kernels(model):

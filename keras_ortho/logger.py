@@ -77,8 +77,8 @@ class OrthoLogger(keras.callbacks.Callback):
         singular_values: False (default); True also measures, at every epoch
             end, the largest and smallest singular value of every convolution
             in the model, each at its own input size
-            (`keras_ortho.conv_singular_values`; numpy on the host, 0.7 s per
-            epoch for MobileNetV2, 23 s for ResNet50 on 2 cores): `logs["sigma_max/<path>"]` and
+            (`keras_ortho.conv_singular_values`, on the model's device; seconds
+            per epoch on a CPU for ResNet50, docs/lipschitz.md): `logs["sigma_max/<path>"]` and
             `logs["sigma_min/<path>"]` per convolution (with `weight_logs`'
             rule: over 8 convolutions, `logs["sigma_max"]` and
             `logs["sigma_min"]`, the largest and smallest over all of them),

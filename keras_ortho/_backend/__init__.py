@@ -48,6 +48,9 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   it eagerly under `no_grad` (Dynamo's compile time would outweigh a
   once-an-epoch measurement; `jit_compile` is ignored).
 * `is_chief(model)`: whether this process writes files in a multi-process run.
+* `complex_singular_values(real, imag)`: the singular values of each complex
+  matrix `real + i imag` of a batch `(..., rows, cols)`, values only, as real
+  tensors of `real`'s dtype (Keras has no complex SVD).
 * `adjoint(fn, x, y)`: `A^T y` for a linear `fn(x) = A x` (a Keras layer's
   call), by the backend's reverse-mode autodiff at `x`.
 """

@@ -160,3 +160,7 @@ def is_chief(model):
 def adjoint(fn, x, y):
     out, pullback = jax.vjp(fn, jnp.asarray(x))
     return pullback(jnp.asarray(y, out.dtype))[0]
+
+
+def complex_singular_values(real, imag):
+    return jnp.linalg.svd(jax.lax.complex(real, imag), compute_uv=False)

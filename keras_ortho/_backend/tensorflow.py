@@ -125,3 +125,7 @@ def adjoint(fn, x, y):
         tape.watch(x)
         out = fn(x)
     return tape.gradient(out, x, output_gradients=tf.convert_to_tensor(y, out.dtype))
+
+
+def complex_singular_values(real, imag):
+    return tf.linalg.svd(tf.complex(real, imag), compute_uv=False)

@@ -159,3 +159,7 @@ def adjoint(fn, x, y):
         out = fn(x)
         (grad,) = torch.autograd.grad(out, x, grad_outputs=torch.as_tensor(y, dtype=out.dtype, device=out.device))
     return grad.detach()
+
+
+def complex_singular_values(real, imag):
+    return torch.linalg.svdvals(torch.complex(real, imag))
