@@ -258,21 +258,28 @@ def test_backends_that_cannot_train_are_refused_clearly(monkeypatch, backend):
 
 
 @only_on("torch", why="DistributedDataParallel is PyTorch's")
-def test_torch_ddp_in_a_custom_loop_steps_like_one_process(tmp_path):
+@pytest.mark.parametrize("kind, kernels", [("regularized", 5), ("lipschitz", 2)])
+def test_torch_ddp_in_a_custom_loop_steps_like_one_process(tmp_path, kind, kernels):
     """Two CPU processes on gloo, each with half the batch: the penalty, the gradients DDP
-    averages and the weights after one SGD step equal one process's on the whole batch."""
+    averages and the weights after one SGD step equal one process's on the whole batch; with
+    `LipschitzConstraint`, each rank constrains the same averaged step."""
     import torch_ddp_train
 
-    model, x, y = torch_ddp_train.model_and_data()
+    model, x, y = torch_ddp_train.model_and_data(kind)
     single = torch_ddp_train.step(model, model, x, y)
-    assert len(single["grads"]) == 5  # query, key, value, attention output, head
+    assert len(single["grads"]) == kernels  # regularized: query, key, value, attention output, head
+    if kind == "lipschitz":  # the constraint had work to do, and did it
+        factors = [f.factor for f in keras_ortho.lipschitz_factors(model) if f.kind in ("Conv1D", "Dense")]
+        assert len(factors) == 2
+        assert max(factors) == pytest.approx(0.5, rel=1e-3)
+        assert all(factor <= 0.5 * (1 + 1e-5) for factor in factors)
 
     script, port = os.path.join(TESTS_DIR, "torch_ddp_train.py"), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     logs = [open(tmp_path / f"{rank}.log", "w") for rank in range(2)]
     ranks = [
         subprocess.Popen(
-            [sys.executable, script, str(rank), "2", str(port), str(tmp_path / f"{rank}.json")],
+            [sys.executable, script, str(rank), "2", str(port), str(tmp_path / f"{rank}.json"), kind],
             env=env,
             stdout=logs[rank],
             stderr=subprocess.STDOUT,
