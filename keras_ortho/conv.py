@@ -120,25 +120,27 @@ def measure(measurements):
 
 @functools.lru_cache(maxsize=256)
 def _compiled_extremes(shape, geometry, size, dtype):
-    """The compiled `kernel -> (largest, smallest)` of one geometry (`_lipschitz.extreme_singular_values`).
+    """`_extremes` for one geometry, compiled by the backend."""
+    return _backend.current().for_measuring(
+        functools.partial(_extremes, shape=shape, geometry=geometry, size=size, dtype=dtype), jit_compile=False
+    )
+
+
+def _extremes(kernel, shape, geometry, size, dtype):
+    """`(largest, smallest)` singular value, as tensors, of the convolution's operator on a circular image of `size`.
 
     Sedghi, Gupta and Long 2019, with strides by the polyphase kernel
-    (`_conv`): the operator on a circular image of `size` is block diagonal
-    in the DFT basis, one `rows x block` matrix per frequency of the output
-    grid `size / s` and per group. A transposed convolution has the values
-    of the convolution it is the adjoint of; a real kernel's matrices at
-    `w` and `-w` are conjugate, so half of the frequencies stand for all.
+    (`_conv`): the operator is block diagonal in the DFT basis, one
+    `rows x block` matrix per frequency of the output grid `size / s` and
+    per group. A transposed convolution has the values of the convolution
+    it is the adjoint of; a real kernel's matrices at `w` and `-w` are
+    conjugate, so half of the frequencies stand for all.
     """
     plan = _conv.plan_operator(shape, geometry._replace(transposed=False), "rows")
     periods = tuple(n // s for n, s in zip(size, geometry.strides, strict=True))
     cos, sin = _lipschitz.frequency_table(_lipschitz.LinearGeometry(plan, periods, (1,) * len(size)), dtype)
-
-    def extremes(kernel):
-        values = backend.complex_singular_values(*_lipschitz.frequency_matrices(kernel, plan, cos, sin))
-        return keras.ops.max(values), keras.ops.min(values)
-
-    backend = _backend.current()
-    return backend.for_measuring(extremes, jit_compile=False)
+    values = _backend.current().complex_singular_values(*_lipschitz.frequency_matrices(kernel, plan, cos, sin))
+    return keras.ops.max(values), keras.ops.min(values)
 
 
 def _number(tensor):

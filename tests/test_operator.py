@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import reference
-from backends import to_numpy, variable_grad
+from backends import only_on, to_numpy, variable_grad
 
 import keras_ortho
 
@@ -240,6 +240,21 @@ def test_singular_values_take_each_layers_own_input_size_in_a_model():
     for path, layer in (("down/kernel", model.get_layer("down")), ("up/kernel", model.get_layer("up"))):
         matrix = layer_operator(layer, to_numpy(layer.kernel), (12, 10))
         np.testing.assert_allclose(values[path].largest, np.linalg.norm(matrix, 2), rtol=1e-5)
+
+
+@only_on("tensorflow", why="the retracing warning is tf.function's")
+def test_singular_values_of_many_geometries_trace_without_tensorflows_retracing_warning(caplog):
+    # One compiled function per geometry: TensorFlow warns when it sees "the same" function retrace,
+    # which a closure per geometry looked like to it.
+    inputs = keras.Input((12, 12, 2))
+    x = inputs
+    for i in range(7):
+        x = keras.layers.Conv2D(2 + i, 3, padding="same", name=f"conv{i}")(x)
+    model = keras.Model(inputs, x)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        values = keras_ortho.conv_singular_values(model)
+    assert len(values) == 7
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
 def test_singular_values_refuse_an_unknown_input_size_and_bad_sizes():
