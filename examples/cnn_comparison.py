@@ -11,15 +11,18 @@ Trains the same network from the same initial weights four ways:
   towards `--target`.
 
 `OrthoLogger` watches the same kernels in each (the plain model's by explicit
-paths); the script prints test accuracy and orthogonality error side by side
-and draws all four records in one figure.
+paths); the script prints test accuracy and orthogonality error side by side,
+writes the same as a Markdown table (`cnn_comparison.md`, which the docs
+include from `examples/results/`) and draws all four records in one figure.
 
     python examples/cnn_comparison.py [--quick] [--out runs/cnn]
+    python examples/cnn_comparison.py --out examples/results    # the docs' table
 """
 
 import argparse
 import os
 import pathlib
+import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -84,7 +87,8 @@ def main(argv=None):
 
     data = load_data()
     epochs = 4 if args.quick else 40
-    decay = keras_ortho.OrthoSchedule({epochs // 4: 0.1, epochs // 2: 0.01, 3 * epochs // 4: 0.0})
+    steps = {epochs // 4: 0.1, epochs // 2: 0.01, 3 * epochs // 4: 0}
+    decay = keras_ortho.OrthoSchedule(steps)
     variants = {
         "plain": (None, ()),
         "fixed": (args.factor, ()),
@@ -102,6 +106,10 @@ def main(argv=None):
         errors = [logger.errors[path][-1].sum() for _, logger in results.values()]
         print(f"{'error ' + path:<26}" + "".join(f"{e:>12.3f}" for e in errors))
 
+    table_path = args.out / "cnn_comparison.md"
+    table_path.write_text(markdown_table(results, steps, epochs, args))
+    print(f"table written to {table_path}")
+
     plot_path = args.out / "cnn_errors.png"
     keras_ortho.plot_errors(
         {f"{name}: {path}": logger.errors[path] for name, (_, logger) in results.items() for path in CONV_KERNELS},
@@ -109,6 +117,37 @@ def main(argv=None):
         title="Conv kernels: " + ", ".join(results) + " (top to bottom)",
     )
     print(f"all records drawn to {plot_path}")
+
+
+def markdown_table(results, steps, epochs, args):
+    """The printed comparison as a Markdown table, with how it was run."""
+    labels = {
+        "plain": "plain",
+        "fixed": f"fixed `factor={args.factor}`",
+        "decay": f"decay `OrthoSchedule({steps})`",
+        "target": f"`OrthoTarget({args.target:g})`",
+    }
+    rows = [
+        "| | " + " | ".join(labels[name] for name in results) + " |",
+        "|---" * (len(results) + 1) + "|",
+        "| test accuracy | " + " | ".join(f"{acc:.3f}" for acc, _ in results.values()) + " |",
+    ]
+    for path in CONV_KERNELS:
+        errors = [logger.errors[path][-1].sum() for _, logger in results.values()]
+        rows.append(f"| error, {path} | " + " | ".join(f"{e:.1f}" for e in errors) + " |")
+    stamp = (
+        f"{epochs} epochs, one run from the same initial weights, Keras {keras.__version__} on "
+        f"{keras.backend.backend()}, {cpu_name()} ({os.cpu_count()} cores)."
+    )
+    return "\n".join(rows) + "\n\n" + stamp + "\n"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 if __name__ == "__main__":

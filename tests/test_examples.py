@@ -95,6 +95,13 @@ def test_cnn_comparison(tmp_path):
         # Every regularized variant ends closer to orthogonal than the plain model.
         assert all(math.isfinite(e) and e < plain for e in regularized), (label, plain, regularized)
     assert is_png(tmp_path / "cnn_errors.png")
+    # The same figures as the Markdown table the docs include.
+    table = (tmp_path / "cnn_comparison.md").read_text().splitlines()
+    cells = {row.split("|")[1].strip(): row.split("|")[2:-1] for row in table if row.startswith("| ")}
+    assert [float(v) for v in cells["test accuracy"]] == pytest.approx(accuracy, abs=5e-4)
+    assert [float(v) for v in cells["error, conv2/kernel"]] == pytest.approx(
+        [float(v) for v in rows["error conv2/kernel"]], abs=0.05
+    )
 
 
 @LONGER
