@@ -490,9 +490,13 @@ PUBLISHED = {
     ),
 }
 
-# A variant "helps" when its mean beats `none`'s by more than both spreads together.
+# A variant "helps" when its mean beats `none`'s by more than both spreads together (and, on a sequence task,
+# by a share of the memoryless baseline: seeds that all sit at the baseline have no spread, and a gap of a
+# thousandth of it is no memory).
+SEQUENCE_GAIN = 0.05
 VERDICT_RULE = (
-    "A variant helps when its mean beats `none`'s by more than the sum of the two standard deviations. "
+    "A variant helps when its mean beats `none`'s by more than the sum of the two standard deviations, and on "
+    f"a sequence task by at least {SEQUENCE_GAIN:.0%} of the memoryless baseline as well. "
     "Sequence tasks: **reproduced** when a variant helps and ends below half the baseline while `none` stays "
     "within 10% of it; **partly reproduced** when a variant helps but the gap is smaller; **not reproduced** "
     "when none helps. Depth: reproduced when a variant helps at the deepest depth and `none` falls below 50% "
@@ -501,11 +505,12 @@ VERDICT_RULE = (
 )
 
 
-def helps(cell, reference, metric, higher):
-    """Whether `cell` beats `reference` on `metric` by more than the two spreads together."""
+def helps(cell, reference, metric, higher, task):
+    """Whether `cell` beats `reference` on `task`'s `metric` by `VERDICT_RULE`."""
     (mean, std), (ref_mean, ref_std) = cell[metric], reference[metric]
     gap = mean - ref_mean if higher else ref_mean - mean
-    return gap > std + ref_std
+    floor = SEQUENCE_GAIN * task.baseline if task.kind in ("copy", "adding") else 0.0
+    return gap > std + ref_std and gap >= floor
 
 
 def verdict(family_tasks, summary):
@@ -515,7 +520,7 @@ def verdict(family_tasks, summary):
     cells = summary.get(task.name, {})
     if "none" not in cells:
         return "not run", []
-    winners = [v for v, cell in cells.items() if v != "none" and helps(cell, cells["none"], metric, higher)]
+    winners = [v for v, cell in cells.items() if v != "none" and helps(cell, cells["none"], metric, higher, task)]
     if not winners:
         return "not reproduced", winners
     none_mean = cells["none"][metric][0]
@@ -763,7 +768,11 @@ def markdown(tasks, variants, summary, sweeps, chosen, tried, meta):
     kinds = {}
     for task in tasks:
         kinds.setdefault(task.family if task.streaming else task.kind, []).append(task)
-    for kind, kind_tasks in kinds.items():
+    # A sequence task's claim spans its lengths: each length gets its verdict. Depth is judged at the deepest.
+    judged_apart = [[t] for ts in kinds.values() if ts[0].streaming for t in ts]
+    judged_together = [ts for ts in kinds.values() if not ts[0].streaming]
+    for kind_tasks in judged_apart + judged_together:
+        kind = kind_tasks[0].family if kind_tasks[0].streaming else kind_tasks[0].kind
         source, claim = PUBLISHED[kind_tasks[0].kind]
         outcome, winners = verdict(kind_tasks, summary)
         judged = summary.get(_judged(kind_tasks).name, {})
@@ -907,16 +916,17 @@ def short_table(tasks, variants, record):
             if not family_tasks:
                 continue
             outcome, _ = verdict(family_tasks, summary)
-            parts, figures = [], []
+            parts, figures, helped = [], [], []
             for task in sorted(family_tasks, key=lambda t: t.size):
                 cells = summary.get(task.name, {})
                 metric = "test_" + task.score[0]
                 if "none" not in cells:
                     continue
                 higher = task.score[1]
-                winners = [v for v in cells if v != "none" and helps(cells[v], cells["none"], metric, higher)]
+                winners = [v for v in cells if v != "none" and helps(cells[v], cells["none"], metric, higher, task)]
                 solves = [w for w in winners if cells[w][metric][0] < 0.5 * task.baseline]
                 gains = [w for w in winners if w not in solves]
+                helped += [w for w in winners if w not in helped]
                 said = [f"{', '.join(f'`{w}`' for w in solves)} below half the baseline"] if solves else []
                 said += [f"a small gain from {', '.join(f'`{w}`' for w in gains)}"] if gains else []
                 runs = sum(cell["seeds"] for cell in cells.values())
@@ -925,6 +935,9 @@ def short_table(tasks, variants, record):
                 parts.append(f"{task.name}: {'; '.join(said) or 'nothing helps'}{partial}")
                 figures.append((task.name, metric, tuple(v.name for v in variants if v.name in cells)))
             use = "not run yet" if outcome == "not run" else "; ".join(parts)
+            # The factor of each tuned variant that helped, as its family's sweep chose it.
+            tuned = [(w, chosen.get(family, {}).get(w)) for w in helped if BY_NAME[w].tuned]
+            factor = ", ".join(f"`{w}` {f:g}" for w, f in tuned if f is not None) or "-"
         measured = []
         for task_name, metric, names in figures:
             cells = summary.get(task_name, {})
