@@ -282,27 +282,34 @@ def bound_and_factors(model, iterations=DEFAULT_ITERATIONS):
     return _walk_model(model, _check_iterations(iterations))
 
 
-def _walk_model(model, iterations):
+def check_supported(model):
+    """Raises what `lipschitz_bound(model)` would raise, computing no kernel's norm: a walk of the graph alone."""
+    _walk_model(model, DEFAULT_ITERATIONS, dry=True)
+
+
+def _walk_model(model, iterations, dry=False):
+    """`(bound, factors)`; with `dry`, every kernel's norm is taken as 1 and only the checks run."""
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"Argument `model` must be a Keras model. Received: model={model!r}")
     _binding.assign_rules(model)
     factors = []
-    signal = _walk(model, None, iterations, factors, prefix="")
+    signal = _walk(model, None, iterations, factors, prefix="", dry=dry)
     return float(signal.bound), factors
 
 
-def _walk(model, shape, iterations, factors, prefix):
+def _walk(model, shape, iterations, factors, prefix, dry):
     """The `_Signal` at `model`'s output, for an input of `shape` (None: the model's own); appends its factors."""
     inputs = _model_input_shape(model) if shape is None else shape
     start = _Signal(1.0, inputs)
+    options = dict(iterations=iterations, factors=factors, prefix=prefix, dry=dry)
 
     def operation_fn(op):
-        return functools.partial(_through, op, iterations=iterations, factors=factors, prefix=prefix)
+        return functools.partial(_through, op, **options)
 
     if isinstance(model, keras.Sequential):
         signal = start
         for layer in model.layers:
-            signal = _through(layer, signal, iterations=iterations, factors=factors, prefix=prefix)
+            signal = _through(layer, signal, **options)
         return signal
     if not _keras_compat.is_graph_model(model):
         raise ValueError(
@@ -351,7 +358,7 @@ _MERGES = {
 }
 
 
-def _through(op, *args, iterations, factors, prefix, **kwargs):
+def _through(op, *args, iterations, factors, prefix, dry, **kwargs):
     """The `_Signal` after `op` (a layer) is applied to the signals in `args`."""
     signals = [a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, _Signal)]
     name = f"{prefix}{op.name}"
@@ -368,9 +375,9 @@ def _through(op, *args, iterations, factors, prefix, **kwargs):
         )
     (signal,) = signals
     if isinstance(op, keras.Model):
-        inner = _walk(op, signal.shape, iterations, factors, prefix=f"{name}/")
+        inner = _walk(op, signal.shape, iterations, factors, prefix=f"{name}/", dry=dry)
         return _Signal(signal.bound * inner.bound, inner.shape)
-    factor, exact = _layer_factor(op, signal.shape, iterations, name)
+    factor, exact = _layer_factor(op, signal.shape, iterations, name, dry)
     factors.append(LayerFactor(name, type(op).__name__, float(factor), exact))
     return _Signal(signal.bound * factor, _output_shape(op, signal.shape))
 
@@ -423,21 +430,22 @@ _CONVOLUTIONS = (
 )
 
 
-def _layer_factor(layer, shape, iterations, name):
-    """`(factor, exact)` of one layer on an input of `shape` (batch axis first)."""
+def _layer_factor(layer, shape, iterations, name, dry=False):
+    """`(factor, exact)` of one layer on an input of `shape` (batch axis first); `dry`: a kernel's norm is 1."""
     if isinstance(layer, _ISOMETRIES + _CROPPINGS):
         return 1.0, True
     if isinstance(layer, L.Dense) or isinstance(layer, L.EinsumDense):
         kernel = keras.ops.cast(layer.kernel, "float32")
-        norm = _number(_compiled_matrix_norm(_matrices_of(layer, kernel.shape, name))(kernel))
+        layout = _matrices_of(layer, kernel.shape, name)
+        norm = 1.0 if dry else _number(_compiled_matrix_norm(layout)(kernel))
         return norm * _activation_constant(layer.activation, name), True
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        norm = _conv_norm(layer, separable_kernel(layer), "kernel", _spatial(layer, shape), iterations)
+        norm = _conv_norm(layer, separable_kernel(layer), "kernel", _spatial(layer, shape), iterations, dry)
         return norm * _activation_constant(layer.activation, name), False
     if isinstance(layer, _CONVOLUTIONS):
         size = _spatial(layer, shape)
         role = "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel"
-        norm = _conv_norm(layer, getattr(layer, role), role, size, iterations)
+        norm = _conv_norm(layer, getattr(layer, role), role, size, iterations, dry)
         return norm * _activation_constant(layer.activation, name), False
     if isinstance(layer, L.BatchNormalization):
         return _batch_norm_factor(layer), True
@@ -446,7 +454,7 @@ def _layer_factor(layer, shape, iterations, name):
     if isinstance(layer, L.Rescaling):
         return float(np.max(np.abs(np.asarray(layer.scale, dtype="float64")))), True
     if isinstance(layer, _AVERAGE_POOLS + _MAX_POOLS):
-        return _pooling_factor(layer, _spatial(layer, shape))
+        return (1.0, True) if dry else _pooling_factor(layer, _spatial(layer, shape))
     if isinstance(layer, _GLOBAL_AVERAGE):
         return 1.0 / math.sqrt(math.prod(_spatial(layer, shape))), True
     if isinstance(layer, _GLOBAL_MAX):
@@ -602,10 +610,10 @@ def _conv_geometry(layer, role, shape, size):
     return _lipschitz.conv_geometry(shape, geometry, size, layer.padding, tuple(layer.dilation_rate))
 
 
-def _conv_norm(layer, kernel, role, size, iterations):
+def _conv_norm(layer, kernel, role, size, iterations, dry=False):
     kernel = keras.ops.cast(kernel, "float32")
     geometry = _conv_geometry(layer, role, tuple(kernel.shape), size)
-    return _number(_compiled_conv_norm(geometry, iterations)(kernel))
+    return 1.0 if dry else _number(_compiled_conv_norm(geometry, iterations)(kernel))
 
 
 @functools.lru_cache(maxsize=256)

@@ -229,7 +229,7 @@ class OrthoLogger(keras.callbacks.Callback):
                 self._spectra = _records.Records()
             self._convolutions = convolutions
         if self.lipschitz:
-            self._lipschitz_now()  # a layer it cannot bound raises now, not mid-fit
+            lipschitz.check_supported(self.model)  # a layer it cannot bound raises now, not mid-fit
         self._batches_seen = 0
         self.on_train_end()  # a fit that raised left its writer open
         if self.log_dir is not None:

@@ -15,7 +15,7 @@ import pytest
 from backends import only_on
 
 import keras_ortho
-from keras_ortho import _lipschitz
+from keras_ortho import _lipschitz, lipschitz
 from keras_ortho.report import main as report_main
 
 L = keras.layers
@@ -292,6 +292,15 @@ def test_what_it_cannot_bound_is_refused_naming_it(make, match):
     model = make()
     with pytest.raises(ValueError, match=match):
         keras_ortho.lipschitz_bound(model)
+    with pytest.raises(ValueError, match=match):  # the logger's check when fit begins, which computes no norm
+        lipschitz.check_supported(model)
+
+
+@pytest.mark.parametrize("make", [lambda: sequential_cnn(), lambda: residual_model(), lambda: nested_model()])
+def test_the_check_without_norms_accepts_what_the_bound_bounds(make):
+    model = make()
+    assert keras_ortho.lipschitz_bound(model) > 0
+    lipschitz.check_supported(model)
 
 
 def test_attention_is_refused_with_its_name_and_type():
