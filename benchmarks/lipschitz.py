@@ -133,7 +133,7 @@ def speed(quick):
         "conv_singular_values": lambda: keras_ortho.conv_singular_values(model),
         "numpy": on_the_host,
     }
-    return {"model": name, "times": timed(variants, 1 if quick else 3)}
+    return {"model": name, "times": timed(variants, 1 if quick else 5)}
 
 
 def step_cost(name, build, x, y, rounds):
