@@ -58,7 +58,8 @@ def plan_weight(shape, dtype, slice_axis=None, mode="auto", rule=None, operator=
         dims = None
     if dims is None or any(d is None for d in dims):
         raise ValueError(f"keras_ortho needs a weight with a static shape. Received: w.shape={shape}")
-    return _planned(tuple(int(d) for d in dims), slice_axis, mode, rule, operator)
+    planned = _planned.__wrapped__ if _backend.current().dynamo_compiling() else _planned
+    return planned(tuple(int(d) for d in dims), slice_axis, mode, rule, operator)
 
 
 # A regularizer plans the same few shapes at every step: on eager PyTorch,

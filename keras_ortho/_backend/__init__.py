@@ -48,6 +48,9 @@ backends; the math in `keras_ortho._math` is written once on top of them and
   it eagerly under `no_grad` (Dynamo's compile time would outweigh a
   once-an-epoch measurement; `jit_compile` is ignored).
 * `is_chief(model)`: whether this process writes files in a multi-process run.
+* `dynamo_compiling()`: whether PyTorch's Dynamo is tracing the caller (False
+  elsewhere): Dynamo warns on a `functools.lru_cache` and traces through it,
+  so cached helpers are called uncached there.
 * `complex_singular_values(real, imag)`: the singular values of each complex
   matrix `real + i imag` of a batch `(..., rows, cols)`, values only, as real
   tensors of `real`'s dtype (Keras has no complex SVD).

@@ -129,3 +129,7 @@ def adjoint(fn, x, y):
 
 def complex_singular_values(real, imag):
     return tf.linalg.svd(tf.complex(real, imag), compute_uv=False)
+
+
+def dynamo_compiling():
+    return False

@@ -163,3 +163,7 @@ def adjoint(fn, x, y):
 
 def complex_singular_values(real, imag):
     return torch.linalg.svdvals(torch.complex(real, imag))
+
+
+def dynamo_compiling():
+    return torch.compiler.is_compiling()
