@@ -15,7 +15,7 @@ import weakref
 
 import keras
 
-from keras_ortho import _keras_compat
+from keras_ortho import _backend, _keras_compat
 from keras_ortho._rules import layers_of, own_every_weight, rule_for
 
 _RULE = "_keras_ortho_rule"
@@ -107,7 +107,14 @@ def weight_behind(x, owner, attribute):
 
 
 def weight_from_frames(x, owner, attribute):
-    """`weight_behind` for what `weight_if_known` does not know: the frame lookup, once per weight."""
+    """`weight_behind` for what `weight_if_known` does not know: the frame lookup, once per weight.
+
+    Under PyTorch's Dynamo the lookup runs outside the trace (Dynamo cannot
+    trace `sys._getframe`, and warned so): a graph break, once per weight.
+    """
+    backend = _backend.current()
+    if backend.dynamo_compiling():  # run again outside the trace, where Dynamo is not compiling
+        return backend.outside_dynamo(weight_from_frames)(x, owner, attribute)
     variable, caller = _keras_compat.calling_weight(x, owner, attribute)
     if variable is None:
         if _keras_compat.in_stateless_scope() or _keras_compat.get_stateless_scope is None:

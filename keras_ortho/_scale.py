@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_ortho import _binding, _keras_compat, _watch
+from keras_ortho import _backend, _binding, _keras_compat, _watch
 
 LOG_KEY = "ortho/scale"
 _ATTRIBUTE = "_keras_ortho_scale"
@@ -220,7 +220,12 @@ class ScaleBinding:
         _keras_compat.rebuild_step_functions(self.model)
 
     def is_stale(self):
-        return self.fit_frame is None or not _keras_compat.is_running(self.fit_frame)
+        # The stacks are Python's, which PyTorch's Dynamo cannot trace (it warned, then broke the graph there
+        # anyway): under Dynamo they are read outside its trace.
+        backend, running = _backend.current(), _keras_compat.is_running
+        if backend.dynamo_compiling():
+            running = backend.outside_dynamo(running)
+        return self.fit_frame is None or not running(self.fit_frame)
 
     def release_if_stale(self):
         """Releases the binding if its fit is over; returns whether it did."""

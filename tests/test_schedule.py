@@ -642,3 +642,28 @@ def test_resume_with_backup_and_restore_continues_the_scale_trajectory(tmp_path,
     assert len(weights) >= 2, uninterrupted.files
     for key in weights:
         np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+
+
+@only_on("torch", why="Dynamo is PyTorch's compiler")
+def test_a_compiled_pytorch_fit_with_a_schedule_gives_no_warning():
+    # A fresh process: Dynamo warns once per process. It cannot trace Python's frames, which the
+    # constructor path and the schedule's binding read; they are read outside its trace.
+    script = textwrap.dedent(
+        """
+        import warnings
+        import keras, numpy as np, keras_ortho
+
+        inputs = keras.Input((6,))
+        outputs = keras.layers.Dense(4, kernel_regularizer=keras_ortho.OrthoRegularizer(0.1))(inputs)
+        model = keras.Model(inputs, outputs)
+        model.compile("sgd", "mse", jit_compile=True)
+        schedule = keras_ortho.OrthoSchedule({1: 0.5})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(np.ones((8, 6)), np.ones((8, 4)), epochs=2, verbose=0, callbacks=[schedule])
+        # PyTorch's own deprecations from inside its compiler are not ours; Dynamo's about our code are.
+        messages = [str(w.message) for w in caught if "Dynamo" in str(w.message)]
+        assert messages == [], messages
+        """
+    )
+    run_fresh(script, timeout=300)

@@ -51,6 +51,8 @@ backends; the math in `keras_ortho._math` is written once on top of them and
 * `dynamo_compiling()`: whether PyTorch's Dynamo is tracing the caller (False
   elsewhere): Dynamo warns on a `functools.lru_cache` and traces through it,
   so cached helpers are called uncached there.
+* `outside_dynamo(fn)`: `fn`, run outside Dynamo's trace where Dynamo traces
+  (`torch.compiler.disable`: a graph break), as it is elsewhere.
 * `complex_singular_values(real, imag)`: the singular values of each complex
   matrix `real + i imag` of a batch `(..., rows, cols)`, values only, as real
   tensors of `real`'s dtype (Keras has no complex SVD).

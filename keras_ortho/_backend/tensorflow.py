@@ -133,3 +133,7 @@ def complex_singular_values(real, imag):
 
 def dynamo_compiling():
     return False
+
+
+def outside_dynamo(fn):
+    return fn

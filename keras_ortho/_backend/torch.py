@@ -167,3 +167,7 @@ def complex_singular_values(real, imag):
 
 def dynamo_compiling():
     return torch.compiler.is_compiling()
+
+
+def outside_dynamo(fn):
+    return torch.compiler.disable(fn)
