@@ -169,6 +169,11 @@ def worker(quick):
     return result
 
 
+def _seconds(time):
+    """A median and its interquartile range in seconds, from `timed`'s milliseconds."""
+    return f"{time['ms'] / 1e3:.2f} ± {time['iqr_ms'] / 1e3:.2f}"
+
+
 def markdown(results):
     machine = results["machine"]
     lines = ["### Tightness", ""]
@@ -210,16 +215,15 @@ def markdown(results):
     rows = []
     for r in results["rows"]:
         t = r["speed"]["times"]
-        seconds = lambda key: f"{t[key]['ms'] / 1e3:.2f} ± {t[key]['iqr_ms'] / 1e3:.2f}"  # noqa: E731
         host = t["numpy"]["ms"]
         rows.append(
             [
                 r["speed"]["model"],
                 r["backend"],
-                seconds("numpy"),
-                seconds("lipschitz_bound"),
+                _seconds(t["numpy"]),
+                _seconds(t["lipschitz_bound"]),
                 f"{host / t['lipschitz_bound']['ms']:.2f}",
-                seconds("conv_singular_values"),
+                _seconds(t["conv_singular_values"]),
                 f"{host / t['conv_singular_values']['ms']:.2f}",
             ]
         )
