@@ -906,7 +906,7 @@ def short_table(tasks, variants, record):
     by_family = {}
     for task in tasks:
         by_family.setdefault(task.family, []).append(task)
-    formats = {m: fmt for columns in METRICS.values() for m, _, fmt in columns}
+    kind_of = {task.name: task.kind for task in tasks}
     lines = ["| you want | use | factor | what the study measured |", "|---|---|---|---|"]
     for want, use, factor_of, family, figures in SHORT:
         family_tasks = by_family.get(family, [])
@@ -929,6 +929,13 @@ def short_table(tasks, variants, record):
                 helped += [w for w in winners if w not in helped]
                 said = [f"{', '.join(f'`{w}`' for w in solves)} below half the baseline"] if solves else []
                 said += [f"a small gain from {', '.join(f'`{w}`' for w in gains)}"] if gains else []
+                none_mean, none_std = cells["none"][metric]
+                lower = [v for v in cells if v != "none" and cells[v][metric][0] < none_mean]
+                if not winners and lower and none_std > 0.5 * abs(none_mean):  # an erratic baseline model
+                    said.append(
+                        f"{', '.join(f'`{v}`' for v in lower)} lower on average, but `none` varies too much "
+                        f"across its {cells['none']['seeds']} seeds to tell"
+                    )
                 runs = sum(cell["seeds"] for cell in cells.values())
                 planned = seeds * sum(applicable(task, v) is None for v in variants)
                 partial = f" (provisional: {runs} of {planned} runs)" if runs < planned else ""
@@ -941,12 +948,14 @@ def short_table(tasks, variants, record):
         measured = []
         for task_name, metric, names in figures:
             cells = summary.get(task_name, {})
+            # Each kind of task names and formats its own metrics (a copy task's loss is a cross-entropy, an
+            # adding task's an MSE).
+            title, fmt = next((t, f) for m, t, f in METRICS[kind_of[task_name]] if m == metric)
             shown = [
-                f"{n} {formats[metric].format(cells[n][metric][0])} ± {formats[metric].format(cells[n][metric][1])}"
+                f"{n} {fmt.format(cells[n][metric][0])} ± {fmt.format(cells[n][metric][1])}"
                 for n in names
                 if n in cells
             ]
-            title = next((t for m, t, _ in (c for cs in METRICS.values() for c in cs) if m == metric), metric)
             measured.append(f"{task_name}, {title}: " + (", ".join(shown) if shown else "not run yet"))
         lines.append(f"| {want} | {use} | {factor} | {'; '.join(measured)} |")
     return "\n".join(lines) + "\n"
