@@ -948,6 +948,9 @@ def short_table(tasks, variants, record):
         measured = []
         for task_name, metric, names in figures:
             cells = summary.get(task_name, {})
+            if task_name not in kind_of:  # a task with no run on the page (a quick study has no depth_128)
+                measured.append(f"{task_name}: not run yet")
+                continue
             # Each kind of task names and formats its own metrics (a copy task's loss is a cross-entropy, an
             # adding task's an MSE).
             title, fmt = next((t, f) for m, t, f in METRICS[kind_of[task_name]] if m == metric)
