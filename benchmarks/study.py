@@ -670,11 +670,15 @@ def investigation_specs(tasks, chosen, investigations):
     return specs
 
 
-def study(tasks, variants, factors, seeds, investigations, jobs, quick, store):
-    """Trains what `tasks` need that `store` lacks: the families' sweeps, then every seed, then the investigations."""
-    specs = sweep_specs(tasks, variants, factors)
+def study(tasks, variants, factors, seeds, investigations, jobs, quick, store, sweep_tasks):
+    """Trains what `tasks` need that `store` lacks: the families' sweeps, then every seed, then the investigations.
+
+    `sweep_tasks` are the first tasks of `tasks`' families, whose validation splits choose the factors (a
+    family's later task run alone still takes its factors from the first one's sweep).
+    """
+    specs = sweep_specs(sweep_tasks, variants, factors)
     print("sweeps: ", end="", flush=True)
-    chosen = choose_factors(run_all(jobs, specs, quick, store), tasks, factors)
+    chosen = choose_factors(run_all(jobs, specs, quick, store), sweep_tasks, factors)
     print("final: ", end="", flush=True)
     run_all(jobs, final_specs(tasks, variants, seeds, chosen), quick, store)
     print("investigations: ", end="", flush=True)
@@ -1129,7 +1133,9 @@ def main(argv=None):
     stem = args.out / ("study_quick" if args.quick else "study")
     store = RunStore(stem.parent / f"{stem.name}_runs")
     if not args.render:
-        study(selected, variants, factors, seeds, investigations, args.jobs, args.quick, store)
+        first = first_of_families(tasks)
+        sweep_tasks = tuple(dict.fromkeys(first[t.family] for t in selected))
+        study(selected, variants, factors, seeds, investigations, args.jobs, args.quick, store, sweep_tasks)
     record = collect(store, tasks, variants, factors, seeds, investigations)
     if not record["runs"]:
         raise SystemExit(f"study.py: error: no saved run in {store.folder}: nothing to write")
