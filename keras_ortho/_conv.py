@@ -267,7 +267,13 @@ def extreme_singular_values(kernel, geometry, input_size):
         else blocks @ blocks.conj().transpose(0, 2, 1)
     )
     values = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
-    # Phases no tap reads (a kernel shorter than its stride) were left out of the rows: they add zeros.
-    cin = 1 if geometry.per_channel else kernel.shape[-2]
-    unread = min(cin * math.prod(geometry.strides), plan.block) > min(plan.rows, plan.block)
-    return float(values.max()), 0.0 if unread else float(values.min())
+    return float(values.max()), 0.0 if has_unread_phases(kernel.shape, geometry, plan) else float(values.min())
+
+
+def has_unread_phases(shape, geometry, plan):
+    """Whether input phases no tap reads (a kernel shorter than its stride) were left out of `plan`'s rows.
+
+    They add zero singular values, which the smallest of the thin SVD must count.
+    """
+    cin = 1 if geometry.per_channel else shape[-2]
+    return min(cin * math.prod(geometry.strides), plan.block) > min(plan.rows, plan.block)

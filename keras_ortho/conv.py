@@ -1,7 +1,6 @@
 """`conv_singular_values`: each convolution of a model as the operator it applies, measured by its singular values."""
 
 import functools
-import math
 from typing import NamedTuple
 
 import keras
@@ -112,18 +111,23 @@ def measure(measurements):
     for path, variable, geometry, size in measurements:
         kernel = _backend.current().to_tensor(variable)
         shape = tuple(int(d) for d in kernel.shape)
-        largest, smallest = _compiled_extremes(shape, geometry, size, ops.compute_dtype(kernel.dtype))(kernel)
-        smallest = 0.0 if _has_unread_phases(shape, geometry) else _number(smallest)
-        results[path] = ConvSingularValues(_number(largest), smallest, size)
+        extremes, unread = _compiled_extremes(shape, geometry, size, ops.compute_dtype(kernel.dtype))
+        largest, smallest = (float(keras.ops.convert_to_numpy(v)) for v in extremes(kernel))
+        results[path] = ConvSingularValues(largest, 0.0 if unread else smallest, size)
     return results
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled_extremes(shape, geometry, size, dtype):
-    """`_extremes` for one geometry, compiled by the backend."""
-    return _backend.current().for_measuring(
+    """`(extremes, unread)` for one geometry: `_extremes` compiled by the backend, and whether the smallest is 0.
+
+    `unread`: input phases no tap reads (`_conv.has_unread_phases`) add zero singular values.
+    """
+    plan = _conv.plan_operator(shape, geometry._replace(transposed=False), "rows")
+    compiled = _backend.current().for_measuring(
         functools.partial(_extremes, shape=shape, geometry=geometry, size=size, dtype=dtype), jit_compile=False
     )
+    return compiled, _conv.has_unread_phases(shape, geometry, plan)
 
 
 def _extremes(kernel, shape, geometry, size, dtype):
@@ -141,17 +145,6 @@ def _extremes(kernel, shape, geometry, size, dtype):
     cos, sin = _lipschitz.frequency_table(_lipschitz.LinearGeometry(plan, periods, (1,) * len(size)), dtype)
     values = _backend.current().complex_singular_values(*_lipschitz.frequency_matrices(kernel, plan, cos, sin))
     return keras.ops.max(values), keras.ops.min(values)
-
-
-def _number(tensor):
-    return float(keras.ops.convert_to_numpy(tensor))
-
-
-def _has_unread_phases(shape, geometry):
-    """Whether some input phases are read by no tap (a kernel shorter than its stride): their values are zeros."""
-    plan = _conv.plan_operator(shape, geometry._replace(transposed=False), "rows")
-    cin = 1 if geometry.per_channel else shape[-2]
-    return min(cin * math.prod(geometry.strides), plan.block) > min(plan.rows, plan.block)
 
 
 def convolution_kernels(model):
