@@ -435,9 +435,8 @@ def _layer_factor(layer, shape, iterations, name, dry=False):
     if isinstance(layer, _ISOMETRIES + _CROPPINGS):
         return 1.0, True
     if isinstance(layer, L.Dense) or isinstance(layer, L.EinsumDense):
-        kernel = keras.ops.cast(layer.kernel, "float32")
-        layout = _matrices_of(layer, kernel.shape, name)
-        norm = 1.0 if dry else _number(_compiled_matrix_norm(layout)(kernel))
+        layout = _matrices_of(layer, layer.kernel.shape, name)
+        norm = 1.0 if dry else _number(_compiled_matrix_norm(layout)(keras.ops.cast(layer.kernel, "float32")))
         return norm * _activation_constant(layer.activation, name), True
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         norm = _conv_norm(layer, separable_kernel(layer), "kernel", _spatial(layer, shape), iterations, dry)
@@ -611,9 +610,8 @@ def _conv_geometry(layer, role, shape, size):
 
 
 def _conv_norm(layer, kernel, role, size, iterations, dry=False):
-    kernel = keras.ops.cast(kernel, "float32")
-    geometry = _conv_geometry(layer, role, tuple(kernel.shape), size)
-    return 1.0 if dry else _number(_compiled_conv_norm(geometry, iterations)(kernel))
+    geometry = _conv_geometry(layer, role, tuple(kernel.shape), size)  # checks the geometry, dry or not
+    return 1.0 if dry else _number(_compiled_conv_norm(geometry, iterations)(keras.ops.cast(kernel, "float32")))
 
 
 @functools.lru_cache(maxsize=256)
