@@ -513,24 +513,35 @@ def helps(cell, reference, metric, higher, task):
     return gap > std + ref_std and gap >= floor
 
 
+def helping_variants(task, cells):
+    """The variants of `task`'s summary `cells` (which hold `none`) that help by `VERDICT_RULE`, in table order."""
+    metric, higher = "test_" + task.score[0], task.score[1]
+    return [v for v, cell in cells.items() if v != "none" and helps(cell, cells["none"], metric, higher, task)]
+
+
+def progress(task, cells, variants, seeds):
+    """`(runs saved, runs planned)` of `task`'s final runs."""
+    return sum(cell["seeds"] for cell in cells.values()), seeds * sum(applicable(task, v) is None for v in variants)
+
+
 def verdict(family_tasks, summary):
     """(verdict, the tasks' helping variants) of one kind of task, by `VERDICT_RULE`."""
     task = _judged(family_tasks)
-    metric, higher = ("test_" + family_tasks[0].score[0], family_tasks[0].score[1])
+    metric = "test_" + task.score[0]
     cells = summary.get(task.name, {})
     if "none" not in cells:
         return "not run", []
-    winners = [v for v, cell in cells.items() if v != "none" and helps(cell, cells["none"], metric, higher, task)]
-    if not winners:
-        return "not reproduced", winners
+    helpful = helping_variants(task, cells)
+    if not helpful:
+        return "not reproduced", helpful
     none_mean = cells["none"][metric][0]
     if task.kind in ("copy", "adding"):
-        best = min(cells[v][metric][0] for v in winners)
+        best = min(cells[v][metric][0] for v in helpful)
         solved = best < 0.5 * task.baseline and none_mean > 0.9 * task.baseline
-        return ("reproduced" if solved else "partly reproduced"), winners
+        return ("reproduced" if solved else "partly reproduced"), helpful
     if task.kind == "depth":
-        return ("reproduced" if none_mean < 0.5 else "partly reproduced"), winners
-    return "reproduced", winners
+        return ("reproduced" if none_mean < 0.5 else "partly reproduced"), helpful
+    return "reproduced", helpful
 
 
 # --- Running ---------------------------------------------------------------------
@@ -778,16 +789,13 @@ def markdown(tasks, variants, summary, sweeps, chosen, tried, meta):
     for kind_tasks in judged_apart + judged_together:
         kind = kind_tasks[0].family if kind_tasks[0].streaming else kind_tasks[0].kind
         source, claim = PUBLISHED[kind_tasks[0].kind]
-        outcome, winners = verdict(kind_tasks, summary)
-        judged = summary.get(_judged(kind_tasks).name, {})
-        runs = sum(cell["seeds"] for cell in judged.values())
-        planned = meta["seeds"] * sum(applicable(_judged(kind_tasks), v) is None for v in variants)
+        outcome, helping = verdict(kind_tasks, summary)
+        judged = _judged(kind_tasks)
+        runs, planned = progress(judged, summary.get(judged.name, {}), variants, meta["seeds"])
         if outcome != "not run" and runs < planned:
             outcome += f" (provisional: {runs} of {planned} runs)"
-        shown = ", ".join(winners) if winners else "none"
-        lines.append(
-            f"| {kind} (judged on {_judged(kind_tasks).name}) | {claim} ({source}) | **{outcome}** | {shown} |"
-        )
+        shown = ", ".join(helping) if helping else "none"
+        lines.append(f"| {kind} (judged on {judged.name}) | {claim} ({source}) | **{outcome}** | {shown} |")
     lines.append("")
     for task in tasks:
         columns = METRICS[task.kind]
@@ -926,22 +934,20 @@ def short_table(tasks, variants, record):
                 metric = "test_" + task.score[0]
                 if "none" not in cells:
                     continue
-                higher = task.score[1]
-                winners = [v for v in cells if v != "none" and helps(cells[v], cells["none"], metric, higher, task)]
-                solves = [w for w in winners if cells[w][metric][0] < 0.5 * task.baseline]
-                gains = [w for w in winners if w not in solves]
-                helped += [w for w in winners if w not in helped]
+                helpful = helping_variants(task, cells)
+                solves = [w for w in helpful if cells[w][metric][0] < 0.5 * task.baseline]
+                gains = [w for w in helpful if w not in solves]
+                helped += [w for w in helpful if w not in helped]
                 said = [f"{', '.join(f'`{w}`' for w in solves)} below half the baseline"] if solves else []
                 said += [f"a small gain from {', '.join(f'`{w}`' for w in gains)}"] if gains else []
                 none_mean, none_std = cells["none"][metric]
                 lower = [v for v in cells if v != "none" and cells[v][metric][0] < none_mean]
-                if not winners and lower and none_std > 0.5 * abs(none_mean):  # an erratic baseline model
+                if not helpful and lower and none_std > 0.5 * abs(none_mean):  # an erratic baseline model
                     said.append(
                         f"{', '.join(f'`{v}`' for v in lower)} lower on average, but `none` varies too much "
                         f"across its {cells['none']['seeds']} seeds to tell"
                     )
-                runs = sum(cell["seeds"] for cell in cells.values())
-                planned = seeds * sum(applicable(task, v) is None for v in variants)
+                runs, planned = progress(task, cells, variants, seeds)
                 partial = f" (provisional: {runs} of {planned} runs)" if runs < planned else ""
                 parts.append(f"{task.name}: {'; '.join(said) or 'nothing helps'}{partial}")
                 figures.append((task.name, metric, tuple(v.name for v in variants if v.name in cells)))
