@@ -100,14 +100,15 @@ def main(argv=None):
         for name, (factor, callbacks) in variants.items()
     }
 
+    # Each kernel's final error per variant, the sum over its slices.
+    errors = {path: [logger.errors[path][-1].sum() for _, logger in results.values()] for path in CONV_KERNELS}
     print(f"\n{'':<26}" + "".join(f"{name:>12}" for name in results))
     print(f"{'test accuracy':<26}" + "".join(f"{acc:>12.3f}" for acc, _ in results.values()))
-    for path in CONV_KERNELS:
-        errors = [logger.errors[path][-1].sum() for _, logger in results.values()]
-        print(f"{'error ' + path:<26}" + "".join(f"{e:>12.3f}" for e in errors))
+    for path, row in errors.items():
+        print(f"{'error ' + path:<26}" + "".join(f"{e:>12.3f}" for e in row))
 
     table_path = args.out / "cnn_comparison.md"
-    table_path.write_text(markdown_table(results, steps, epochs, args))
+    table_path.write_text(markdown_table(results, errors, steps, epochs, args))
     print(f"table written to {table_path}")
 
     plot_path = args.out / "cnn_errors.png"
@@ -119,7 +120,7 @@ def main(argv=None):
     print(f"all records drawn to {plot_path}")
 
 
-def markdown_table(results, steps, epochs, args):
+def markdown_table(results, errors, steps, epochs, args):
     """The printed comparison as a Markdown table, with how it was run."""
     labels = {
         "plain": "plain",
@@ -132,9 +133,8 @@ def markdown_table(results, steps, epochs, args):
         "|---" * (len(results) + 1) + "|",
         "| test accuracy | " + " | ".join(f"{acc:.3f}" for acc, _ in results.values()) + " |",
     ]
-    for path in CONV_KERNELS:
-        errors = [logger.errors[path][-1].sum() for _, logger in results.values()]
-        rows.append(f"| error, {path} | " + " | ".join(f"{e:.1f}" for e in errors) + " |")
+    for path, row in errors.items():
+        rows.append(f"| error, {path} | " + " | ".join(f"{e:.1f}" for e in row) + " |")
     stamp = (
         f"{epochs} epochs, one run from the same initial weights, Keras {keras.__version__} on "
         f"{keras.backend.backend()}, {cpu_name()} ({os.cpu_count()} cores)."
