@@ -93,6 +93,11 @@ def figures(text):
     return [m.group(1) for m in FIGURE.finditer(text) if "." in m.group(1) or m.group(2)]
 
 
+def quoted(text):
+    """The figures a page states: in its prose and in the tables typed on it."""
+    return figures(prose(text)) + figures(typed_table_cells(text))
+
+
 def sources(page):
     """The results `page` quotes: what it includes, and what `SOURCES` names."""
     return [*INCLUDE.findall((ROOT / page).read_text()), *SOURCES.get(page, [])]
@@ -123,12 +128,10 @@ def test_a_figure_is_found_in_prose_and_in_typed_tables():
 def test_every_measured_figure_on_a_page_is_in_the_benchmark_tables(page):
     text = (ROOT / page).read_text()
     allowed = written_by_runs(sources(page)) | set(NOT_MEASURED[page])
-    quoted = figures(prose(text)) + figures(typed_table_cells(text))
-    assert [figure for figure in quoted if figure not in allowed] == []
+    assert [figure for figure in quoted(text) if figure not in allowed] == []
 
 
 @pytest.mark.parametrize("page", sorted(NOT_MEASURED))
 def test_every_number_let_stand_is_on_its_page(page):
     text = (ROOT / page).read_text()
-    quoted = set(figures(prose(text)) + figures(typed_table_cells(text)))
-    assert [number for number in NOT_MEASURED[page] if number not in quoted] == []
+    assert [number for number in NOT_MEASURED[page] if number not in quoted(text)] == []
